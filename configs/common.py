@@ -1,0 +1,66 @@
+"""Settings shared by every architecture; each `configs/<model>.py` changes a few of them.
+
+Presets, chosen with `--config=configs/<model>.py:<preset>`:
+  (none)  the reference study: 1000 images, 45,000 training pairs; sized for a GPU.
+  cpu     a smaller run that finishes in minutes on a 2-core CPU.
+  smoke   a few steps on a handful of images, for tests.
+"""
+
+import ml_collections
+
+PRESETS = ("default", "cpu", "smoke")
+
+
+def get_base_config(preset: str | None) -> ml_collections.ConfigDict:
+  preset = preset or "default"
+  if preset not in PRESETS:
+    raise ValueError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+  c = ml_collections.ConfigDict()
+  c.preset = preset
+  c.seed = 0
+  c.loss = "pit"  # "pit" or "fixed" (the reference study's fixed-order MSE)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.data_dir = ""  # "" = $TFDS_DATA_DIR, else tfds' default (~/tensorflow_datasets)
+  c.data.download = True  # let tfds download and prepare CIFAR-10 when it is missing
+  c.data.num_images = 1000
+  c.data.num_train_pairs = 45_000
+  c.data.num_val_pairs = 5_000
+  c.data.num_test_images = 1000
+  c.data.num_test_pairs = 5_000
+  c.data.test_seed = 0  # fixed: every run is scored on the same unseen pairs
+  c.data.resample_pairs = False
+  c.data.augment = False
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = ""
+  c.model.mixture_consistent = True
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 64
+  c.train.epochs = 30
+  c.train.lr = 1e-3
+  c.train.warmup_steps = 500
+  c.train.end_lr_factor = 0.01  # cosine decay ends at lr * end_lr_factor
+  c.train.weight_decay = 1e-4
+  c.train.grad_clip = 1.0
+  c.train.log_every = 50
+  c.train.eval_batch_size = 500
+  c.train.keep_checkpoints = 3
+
+  if preset == "cpu":
+    c.data.num_val_pairs = 1000
+    c.data.num_test_pairs = 1000
+    c.train.log_every = 20
+  elif preset == "smoke":
+    c.data.num_images = 32
+    c.data.num_train_pairs = 64
+    c.data.num_val_pairs = 16
+    c.data.num_test_images = 16
+    c.data.num_test_pairs = 16
+    c.train.batch_size = 16
+    c.train.epochs = 2
+    c.train.warmup_steps = 2
+    c.train.log_every = 2
+    c.train.eval_batch_size = 8
+  return c

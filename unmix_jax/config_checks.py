@@ -1,0 +1,69 @@
+"""Checks a config before any data is read or anything is compiled.
+
+Every failure is one ConfigError whose message names the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from unmix_jax import data, losses, models
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise ConfigError(message)
+
+
+def validate(config) -> None:
+  t = config.train
+  try:
+    models.get(config.model.name).validate(config.model)
+    data.check_sizes(config.data)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  _require(config.loss in losses.LOSSES,
+           f"config.loss={config.loss!r} is not a known loss; choose one of "
+           f"{', '.join(losses.LOSSES)}.")
+  _require(t.lr > 0, f"config.train.lr={t.lr} must be > 0 (e.g. 1e-3).")
+  _require(t.batch_size >= 1, f"config.train.batch_size={t.batch_size} must be >= 1.")
+  _require(t.batch_size <= config.data.num_train_pairs,
+           f"config.train.batch_size={t.batch_size} is larger than "
+           f"config.data.num_train_pairs={config.data.num_train_pairs}; lower it.")
+  _require(t.epochs >= 1, f"config.train.epochs={t.epochs} must be >= 1.")
+  _require(t.eval_batch_size >= 1, f"config.train.eval_batch_size={t.eval_batch_size} must be >= 1.")
+  _require(t.log_every >= 1, f"config.train.log_every={t.log_every} must be >= 1.")
+  _require(t.keep_checkpoints >= 1,
+           f"config.train.keep_checkpoints={t.keep_checkpoints} must be >= 1.")
+  _require(t.warmup_steps >= 0, f"config.train.warmup_steps={t.warmup_steps} must be >= 0.")
+  _require(t.weight_decay >= 0, f"config.train.weight_decay={t.weight_decay} must be >= 0.")
+  _require(t.grad_clip > 0, f"config.train.grad_clip={t.grad_clip} must be > 0.")
+
+
+def check_workdir(workdir: str, config) -> None:
+  """The workdir must be writable and, if it holds a run, a run of the same model."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write_test")
+    with open(probe, "w") as f:
+      f.write("")
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"--workdir={workdir} is not writable ({e.strerror}); choose another "
+                      "directory.") from None
+  saved = os.path.join(workdir, "config.json")
+  if os.path.exists(saved):
+    with open(saved) as f:
+      previous = json.load(f).get("model", {})
+    current = json.loads(config.model.to_json())
+    if previous != current:
+      diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+      raise ConfigError(
+          f"--workdir={workdir} holds a run of a different model (config.model fields differ: "
+          f"{', '.join(diff)}: {[previous.get(k) for k in diff]} there vs "
+          f"{[current.get(k) for k in diff]} now); use a new --workdir or the same model config.")

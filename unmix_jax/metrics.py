@@ -1,0 +1,42 @@
+"""Evaluation metrics per pair, on outputs clipped to [0, 1] (images are [B, 32, 32, 3]).
+
+Conventions, used everywhere the project reports numbers:
+  * `mse`: mean squared error over all pixels of both images, under the better assignment.
+  * `psnr`: PSNR of each image (peak 1.0) under that assignment, averaged over the two images and
+    then over pairs, i.e. the mean of per-image PSNRs, not the PSNR of the mean MSE.
+  * `baseline_*`: the same for the mixture baseline, which returns m for both images.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from unmix_jax import losses
+
+
+def psnr(mse: jax.Array) -> jax.Array:
+  """PSNR in dB for images in [0, 1]; MSE floored at 1e-10 so identical images stay finite."""
+  return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
+
+
+def _scores(x1_hat, x2_hat, x1, x2) -> dict[str, jax.Array]:
+  e11 = losses.mse_per_example(x1_hat, x1)
+  e22 = losses.mse_per_example(x2_hat, x2)
+  e12 = losses.mse_per_example(x1_hat, x2)
+  e21 = losses.mse_per_example(x2_hat, x1)
+  straight = e11 + e22 < e12 + e21
+  first = jnp.where(straight, e11, e12)
+  second = jnp.where(straight, e22, e21)
+  return {
+      "mse": (first + second) / 2,
+      "psnr": (psnr(first) + psnr(second)) / 2,
+  }
+
+
+def pair_metrics(x1_hat, x2_hat, m, x1, x2) -> dict[str, jax.Array]:
+  """Per-pair metrics of a model and of the mixture baseline, each [B]."""
+  clip = lambda x: jnp.clip(x, 0.0, 1.0)
+  model = _scores(clip(x1_hat), clip(x2_hat), x1, x2)
+  baseline = _scores(m, m, x1, x2)
+  return {**model, **{f"baseline_{k}": v for k, v in baseline.items()}}

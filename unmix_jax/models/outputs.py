@@ -1,0 +1,32 @@
+"""How a network's last layer becomes the two output images."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def out_channels(mixture_consistent: bool) -> int:
+  """Channels the network's head must produce: a difference image, or both images."""
+  return 3 if mixture_consistent else 6
+
+
+def to_pair(y: jax.Array, m: jax.Array, mixture_consistent: bool) -> tuple[jax.Array, jax.Array]:
+  """[B, H, W, 3 or 6] head output and mixture m [B, H, W, 3] -> (x1_hat, x2_hat) [B, H, W, 3].
+
+  Mixture-consistent: the head predicts d and we return (m + d, m - d), whose average is m
+  exactly, so the network only has to decide how the mixture splits, not reproduce it.
+  """
+  if mixture_consistent:
+    return m + y, m - y
+  return y[..., :3], y[..., 3:]
+
+
+def check_common(model_cfg) -> None:
+  if not isinstance(model_cfg.mixture_consistent, bool):
+    raise ValueError(
+        f"config.model.mixture_consistent={model_cfg.mixture_consistent!r} must be True or False.")
+
+
+def concat_skip(x: jax.Array, skip: jax.Array) -> jax.Array:
+  return jnp.concatenate([x, skip], axis=-1)

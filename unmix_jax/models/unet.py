@@ -1,0 +1,82 @@
+"""U-Net: a convolutional encoder-decoder with skip connections between equal resolutions.
+
+`features = (f0, ..., fL)`: level i runs two 3x3 convs with f_i channels; each level after the
+first halves the resolution (2x2 max-pool), so L must satisfy 32 / 2**L >= 1. The decoder mirrors
+it with 2x2 stride-2 transposed convs, concatenates the encoder's output of the same resolution
+and runs two 3x3 convs. A 1x1 conv makes the head (see `outputs.to_pair`).
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from unmix_jax.models import outputs
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """[B, H, W, C] -> [B, H/2, W/2, C]."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class DoubleConv(nnx.Module):
+  """Two 3x3 conv + ReLU layers: [B, H, W, c_in] -> [B, H, W, c_out]."""
+
+  def __init__(self, c_in: int, c_out: int, *, rngs: nnx.Rngs):
+    self.conv1 = nnx.Conv(c_in, c_out, (3, 3), rngs=rngs)
+    self.conv2 = nnx.Conv(c_out, c_out, (3, 3), rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return nnx.relu(self.conv2(nnx.relu(self.conv1(x))))
+
+
+class Up(nnx.Module):
+  """2x up-sampling, skip concatenation, DoubleConv: [B, H, W, c_in] -> [B, 2H, 2W, c_out]."""
+
+  def __init__(self, c_in: int, c_out: int, *, rngs: nnx.Rngs):
+    self.up = nnx.ConvTranspose(c_in, c_out, (2, 2), strides=(2, 2), rngs=rngs)
+    self.conv = DoubleConv(2 * c_out, c_out, rngs=rngs)
+
+  def __call__(self, x: jax.Array, skip: jax.Array) -> jax.Array:
+    return self.conv(outputs.concat_skip(self.up(x), skip))
+
+
+def validate(model_cfg) -> None:
+  outputs.check_common(model_cfg)
+  features = tuple(model_cfg.features)
+  if len(features) < 2 or any(int(f) < 1 for f in features):
+    raise ValueError(
+        f"config.model.features={features} needs at least two positive widths (one level and a "
+        "bottleneck).")
+  if 2 ** (len(features) - 1) > 32:
+    raise ValueError(
+        f"config.model.features={features} has {len(features) - 1} down-samplings; 32x32 images "
+        "allow at most 5.")
+
+
+class Model(nnx.Module):
+  """m [B, 32, 32, 3] in [0, 1] -> (x1_hat, x2_hat) [B, 32, 32, 3], aux = {}."""
+
+  def __init__(self, model_cfg, *, rngs: nnx.Rngs):
+    features = [int(f) for f in model_cfg.features]
+    self.mixture_consistent = bool(model_cfg.mixture_consistent)
+    ins = [3] + features[:-1]
+    self.down = nnx.List([DoubleConv(i, o, rngs=rngs) for i, o in zip(ins, features)])
+    self.up = nnx.List([
+        Up(i, o, rngs=rngs) for i, o in zip(features[:0:-1], features[-2::-1])])
+    self.head = nnx.Conv(
+        features[0], outputs.out_channels(self.mixture_consistent), (1, 1), rngs=rngs)
+
+  def __call__(self, m: jax.Array, *, train: bool = False, key: jax.Array | None = None):
+    del train, key  # Deterministic, no normalisation statistics.
+    x, skips = m, []
+    for i, block in enumerate(self.down):
+      if i:
+        x = max_pool_2x2(x)
+      x = block(x)
+      skips.append(x)
+    for block, skip in zip(self.up, reversed(skips[:-1])):
+      x = block(x, skip)
+    x1_hat, x2_hat = outputs.to_pair(self.head(x), m, self.mixture_consistent)
+    return x1_hat, x2_hat, {}

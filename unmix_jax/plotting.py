@@ -1,0 +1,61 @@
+"""Figures of a run, written as PNG files (matplotlib's Agg backend: no screen needed)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+COLUMNS = ("mixture", "x1", "x2", "x1_hat", "x2_hat")
+
+
+def reconstructions(path: str, m, x1, x2, x1_hat, x2_hat, title: str = "") -> None:
+  """One row per mixture; all arrays [N, 32, 32, 3] in [0, 1] (outputs are clipped).
+
+  The outputs must already be in the better assignment, so x1_hat sits under x1.
+  """
+  rows = len(m)
+  fig, axes = plt.subplots(rows, len(COLUMNS), figsize=(1.6 * len(COLUMNS), 1.6 * rows),
+                           squeeze=False)
+  for r in range(rows):
+    for c, images in enumerate((m, x1, x2, x1_hat, x2_hat)):
+      ax = axes[r, c]
+      ax.imshow(np.clip(np.asarray(images[r]), 0, 1), interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if r == 0:
+        ax.set_title(COLUMNS[c], fontsize=9)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def loss_curves(path: str, records: list[dict], title: str = "") -> None:
+  """Train / val / test loss against step from metrics.jsonl records; the mixture baseline's
+  test MSE as a dashed line (the loss is summed over both images, so 2x MSE)."""
+  fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(10, 3.8))
+  for split, style in (("train", "-"), ("val", "o-"), ("test", "s-")):
+    rows = [r for r in records if r["split"] == split and isinstance(r.get("loss"), float)]
+    if rows:
+      ax_loss.plot([r["step"] for r in rows], [r["loss"] for r in rows], style, label=split,
+                   markersize=3, alpha=0.6 if split == "train" else 1.0)
+  tests = [r for r in records if r["split"] == "test"]
+  if tests:
+    ax_loss.axhline(2 * tests[-1]["baseline_mse"], color="gray", ls="--",
+                    label="mixture baseline (test)")
+    for key, label in (("psnr", "model"), ("baseline_psnr", "mixture baseline")):
+      ax_psnr.plot([r["step"] for r in tests], [r[key] for r in tests], "s-", label=label)
+  ax_loss.set(xlabel="step", ylabel="loss (summed MSE of both images)", yscale="log")
+  ax_psnr.set(xlabel="step", ylabel="test PSNR (dB, mean over images)")
+  for ax in (ax_loss, ax_psnr):
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

@@ -1,0 +1,300 @@
+"""Training and evaluation loop: `train_and_evaluate(config, workdir)`.
+
+State flows through pure, jitted functions:
+  train_step(state, images, idx, key) -> (state, metrics)    (state donated)
+  eval_step(params, model_state, images, idx) -> per-pair metrics
+The model's graph definition and the config live in closures, never as traced arguments. Data
+order is a function of (seed, epoch) and randomness of fold_in(key, step), so a resumed run
+continues exactly where an unbroken one would be.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from unmix_jax import checkpoint, config_checks, data, logs, losses, metrics, models, plotting
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: updates applied so far
+  params: nnx.State  # trainable parameters (nnx.Param)
+  model_state: nnx.State  # everything else the model carries, e.g. BatchNorm statistics
+  opt_state: optax.OptState
+
+
+def steps_per_epoch(config) -> int:
+  return config.data.num_train_pairs // config.train.batch_size
+
+
+def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
+  """Global-norm clipping, then AdamW on a warm-up + cosine schedule.
+
+  The learning rate is an injected hyperparameter so it can be logged from the optimizer state.
+  """
+  t = config.train
+  warmup = min(t.warmup_steps, max(total_steps - 1, 0))
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=t.lr, warmup_steps=warmup,
+      decay_steps=max(total_steps, warmup + 1), end_value=t.lr * t.end_lr_factor)
+  return optax.chain(
+      optax.clip_by_global_norm(t.grad_clip),
+      optax.inject_hyperparams(optax.adamw)(learning_rate=schedule, weight_decay=t.weight_decay),
+  )
+
+
+def current_lr(opt_state) -> jax.Array:
+  return opt_state[1].hyperparams["learning_rate"]
+
+
+def create_train_state(config, tx) -> tuple[nnx.GraphDef, TrainState]:
+  model = models.build(config.model, config.seed)
+  graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                     opt_state=tx.init(params))
+  return graphdef, state
+
+
+def count_params(params) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def model_summary(config, state: TrainState) -> str:
+  """Parameter count per top-level submodule and in total, one line each."""
+  lines = [f"model {config.model.name}: {count_params(state.params):,} trainable parameters"]
+  for name, sub in sorted(state.params.items(), key=lambda kv: str(kv[0])):
+    lines.append(f"  {name!s:<12} {count_params(sub):>12,}")
+  n_other = count_params(state.model_state)
+  if n_other:
+    lines.append(f"  (+ {n_other:,} non-trainable: normalisation statistics)")
+  return "\n".join(lines)
+
+
+def make_train_step(graphdef, config, tx) -> Callable:
+  def train_step(state: TrainState, images, idx, key):
+    """images uint8 [N, 32, 32, 3]; idx int32 [B, 2]; key: the run's training key."""
+    step_key = jax.random.fold_in(key, state.step)
+    aug_key = jax.random.fold_in(step_key, 1) if config.data.augment else None
+    m, x1, x2 = data.mix_batch(images, idx, aug_key)
+
+    def loss_fn(params):
+      model = nnx.merge(graphdef, params, state.model_state)
+      out = model(m, train=True, key=jax.random.fold_in(step_key, 0))
+      loss, parts = losses.total_loss(config, out, x1, x2, state.step)
+      _, _, model_state = nnx.split(model, nnx.Param, ...)
+      return loss, (parts, model_state)
+
+    grads, (parts, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    parts = dict(parts, grad_norm=optax.global_norm(grads), lr=current_lr(state.opt_state))
+    new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
+                              opt_state=opt_state)
+    return new_state, parts
+
+  return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(graphdef, config) -> Callable:
+  def eval_step(params, model_state, images, idx):
+    """Per-pair metrics [B] of one batch; the VAE uses its posterior mean (train=False)."""
+    m, x1, x2 = data.mix_batch(images, idx)
+    model = nnx.merge(graphdef, params, model_state)
+    x1_hat, x2_hat, aux = model(m, train=False)
+    out = metrics.pair_metrics(x1_hat, x2_hat, m, x1, x2)
+    loss = losses.reconstruction_loss(config.loss, x1_hat, x2_hat, x1, x2)
+    if "mu" in aux:
+      loss = loss + config.model.beta * losses.gaussian_kl(aux["mu"], aux["logvar"])
+    out["loss"] = loss
+    return out
+
+  return jax.jit(eval_step)
+
+
+def make_predict(graphdef) -> Callable:
+  def predict(params, model_state, m):
+    x1_hat, x2_hat, _ = nnx.merge(graphdef, params, model_state)(m, train=False)
+    return x1_hat, x2_hat
+
+  return jax.jit(predict)
+
+
+def evaluate(eval_step, state: TrainState, images, pairs: np.ndarray, batch_size: int
+             ) -> dict[str, np.ndarray]:
+  """Per-pair metrics over a whole pair set, [P] each.
+
+  The last batch is padded by repeating pairs so every batch has one shape (one compilation);
+  the padding is dropped before anything is averaged.
+  """
+  n = len(pairs)
+  batch_size = min(batch_size, n)
+  chunks = []
+  for start in range(0, n, batch_size):
+    idx = pairs[start:start + batch_size]
+    pad = batch_size - len(idx)
+    if pad:
+      idx = np.concatenate([idx, pairs[:pad]])
+    chunks.append(eval_step(state.params, state.model_state, images, idx))
+  per_pair = jax.device_get(chunks)
+  return {k: np.concatenate([c[k] for c in per_pair])[:n] for k in per_pair[0]}
+
+
+def summarize(per_pair: dict[str, np.ndarray]) -> dict[str, float]:
+  """Means over pairs; psnr_gain = model PSNR minus baseline PSNR on the same pairs."""
+  out = {k: float(np.mean(v)) for k, v in per_pair.items()}
+  out["psnr_gain"] = out["psnr"] - out["baseline_psnr"]
+  return out
+
+
+def best_assignment(x1_hat, x2_hat, x1, x2):
+  """Reorders each pair's outputs so x1_hat is the one closer to x1 (for pictures)."""
+  straight, swapped = losses.assignment_errors(x1_hat, x2_hat, x1, x2)
+  keep = (straight <= swapped)[:, None, None, None]
+  return jnp.where(keep, x1_hat, x2_hat), jnp.where(keep, x2_hat, x1_hat)
+
+
+def save_pictures(workdir, config, predict, state, pair_data: data.PairData, records) -> None:
+  images = jnp.asarray(pair_data.test_images)
+  idx = pair_data.test_pairs[:8]
+  m, x1, x2 = data.mix_batch(images, idx)
+  x1_hat, x2_hat = predict(state.params, state.model_state, m)
+  x1_hat, x2_hat = best_assignment(x1_hat, x2_hat, x1, x2)
+  name = f"{config.model.name}, loss={config.loss}, preset={config.preset}"
+  plotting.reconstructions(os.path.join(workdir, "reconstructions.png"), m, x1, x2,
+                           x1_hat, x2_hat, title=f"{name}: unseen test mixtures")
+  plotting.loss_curves(os.path.join(workdir, "loss_curves.png"), records, title=name)
+
+
+def _progress(total: int, initial: int):
+  from tqdm.auto import tqdm
+
+  return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
+              mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+
+
+def train_and_evaluate(config, workdir: str, *, show_progress: bool = True) -> dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final
+  summary (also written to `workdir/summary.json`)."""
+  config_checks.validate(config)
+  config_checks.check_workdir(workdir, config)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json(indent=2))
+
+  spe = steps_per_epoch(config)
+  total_steps = spe * config.train.epochs
+  tx = make_optimizer(config, total_steps)
+  graphdef, state = create_train_state(config, tx)
+  print(model_summary(config, state), flush=True)
+
+  ckpts = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints)
+  restored = ckpts.restore_latest(state)
+  if restored is not None:
+    state, meta = restored
+    print(f"resuming from step {int(state.step)} (epoch {meta['epoch']}) in {ckpts.directory}",
+          flush=True)
+  start_step = int(state.step)
+
+  pair_data = data.load(config)
+  train_images = jnp.asarray(pair_data.train_images)
+  test_images = jnp.asarray(pair_data.test_images)
+  train_step = make_train_step(graphdef, config, tx)
+  eval_step = make_eval_step(graphdef, config)
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
+  writer = logs.MetricWriter(workdir, resume_step=start_step)
+  model_meta = json.loads(config.model.to_json())
+
+  def run_evals(state, step: int, epoch: int) -> dict[str, dict[str, float]]:
+    results = {}
+    for split, images, pairs in (("val", train_images, pair_data.val_pairs),
+                                 ("test", test_images, pair_data.test_pairs)):
+      results[split] = summarize(
+          evaluate(eval_step, state, images, pairs, config.train.eval_batch_size))
+      writer.write(step, split, results[split], epoch=epoch)
+    return results
+
+  def log_train(step: int, window: dict, n_steps: int, seconds: float, bar) -> None:
+    means = {k: float(v) / n_steps for k, v in jax.device_get(window).items()}
+    if not math.isfinite(means["loss"]):
+      last = ckpts.latest_step()
+      raise NonFiniteLossError(
+          f"training loss is {means['loss']} at step {step} (mean of the last {n_steps} steps); "
+          f"last good checkpoint: step {last} in {ckpts.directory}; lower config.train.lr "
+          f"(now {config.train.lr}) or tighten config.train.grad_clip.")
+    means["images_per_s"] = n_steps * config.train.batch_size / max(seconds, 1e-9)
+    writer.write(step, "train", means, epoch=step / spe)
+    if bar is not None:
+      bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{means['images_per_s']:.0f}")
+
+  t_start = time.time()
+  train_seconds = 0.0
+  bar = _progress(total_steps, start_step) if show_progress else None
+  try:
+    for epoch in range(start_step // spe, config.train.epochs):
+      order = data.epoch_pairs(pair_data, config.data, config.seed, epoch)
+      window, n_window, t_window = None, 0, time.time()
+      pending = None  # a finished window, fetched only after the next step is dispatched
+      t_epoch = time.time()
+      for i in range(start_step - epoch * spe if epoch == start_step // spe else 0, spe):
+        idx = order[i * config.train.batch_size:(i + 1) * config.train.batch_size]
+        state, parts = train_step(state, train_images, idx, key)
+        if pending is not None:
+          log_train(*pending, bar)
+          pending = None
+        window = parts if window is None else jax.tree.map(jnp.add, window, parts)
+        n_window += 1
+        step = epoch * spe + i + 1
+        if step % config.train.log_every == 0 or i == spe - 1:
+          pending = (step, window, n_window, time.time() - t_window)
+          window, n_window, t_window = None, 0, time.time()
+        if bar is not None:
+          bar.update(1)
+      if pending is not None:
+        log_train(*pending, bar)
+      jax.block_until_ready(state)
+      train_seconds += time.time() - t_epoch
+      step = (epoch + 1) * spe
+      results = run_evals(state, step, epoch + 1)
+      ckpts.save(step, state, dict(epoch=epoch + 1, step=step, model=model_meta,
+                                   val_loss=results["val"]["loss"]), results["val"]["loss"])
+      if bar is not None:
+        bar.write(f"epoch {epoch + 1}/{config.train.epochs} step {step}: "
+                  f"val loss {results['val']['loss']:.4f} psnr {results['val']['psnr']:.2f} | "
+                  f"test psnr {results['test']['psnr']:.2f} "
+                  f"(baseline {results['test']['baseline_psnr']:.2f})")
+  finally:
+    if bar is not None:
+      bar.close()
+    writer.close()
+
+  final = summarize(evaluate(eval_step, state, test_images, pair_data.test_pairs,
+                             config.train.eval_batch_size))
+  save_pictures(workdir, config, make_predict(graphdef), state, pair_data,
+                logs.read_metrics(workdir))
+  trained = int(state.step) - start_step
+  summary = dict(
+      model=config.model.name, loss=config.loss, preset=config.preset,
+      params=count_params(state.params), step=int(state.step),
+      wall_seconds=time.time() - t_start,
+      train_images_per_s=(trained * config.train.batch_size / train_seconds
+                          if train_seconds else None),
+      test=final)
+  with open(os.path.join(workdir, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  ckpts.close()
+  return summary
