@@ -46,9 +46,13 @@ class Checkpoints:
     return self._manager.latest_step()
 
   def best_step(self) -> int | None:
-    return self._manager.best_step()
+    """The kept step with the lowest val loss (as saved in its meta)."""
+    scored = [(self.read_meta(s)["val_loss"], s) for s in self.steps()]
+    return min(scored)[1] if scored else None
 
   def save(self, step: int, state, meta: dict, val_loss: float) -> None:
+    """Writes step `step`; `val_loss` ranks it for keeping and is added to its meta."""
+    meta = dict(meta, val_loss=float(val_loss))
     self._manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),

@@ -103,7 +103,7 @@ def make_train_step(graphdef, config, tx) -> Callable:
     grads, (parts, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    parts = dict(parts, grad_norm=optax.global_norm(grads), lr=current_lr(state.opt_state))
+    parts = dict(parts, grad_norm=optax.tree.norm(grads), lr=current_lr(state.opt_state))
     new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                               opt_state=opt_state)
     return new_state, parts
@@ -239,7 +239,8 @@ def train_and_evaluate(config, workdir: str, *, show_progress: bool = True) -> d
     means["images_per_s"] = n_steps * config.train.batch_size / max(seconds, 1e-9)
     writer.write(step, "train", means, epoch=step / spe)
     if bar is not None:
-      bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{means['images_per_s']:.0f}")
+      bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{means['images_per_s']:.0f}",
+                      refresh=False)
 
   t_start = time.time()
   train_seconds = 0.0

@@ -1,0 +1,69 @@
+"""The training command on the shared CIFAR-10 copy, as a user runs it (subprocesses)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def run_train(workdir, *overrides, data_dir, config="configs/unet.py:smoke", timeout=600):
+  env = dict(os.environ, TFDS_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-m", "experiments.train", f"--config={config}",
+         f"--workdir={workdir}", *overrides]
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def records(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_smoke_run_writes_logs_pictures_checkpoint_and_resumes(tmp_path, tfds_data_dir):
+  workdir = str(tmp_path / "run")
+  first = run_train(workdir, data_dir=tfds_data_dir)
+  assert first.returncode == 0, first.stderr[-3000:]
+  for name in ("metrics.jsonl", "reconstructions.png", "loss_curves.png", "config.json",
+               "summary.json"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  assert os.listdir(os.path.join(workdir, "tb"))
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
+  logged = records(workdir)
+  assert {r["split"] for r in logged} == {"train", "val", "test"}
+  test_rows = [r for r in logged if r["split"] == "test"]
+  assert [r["step"] for r in test_rows] == [4, 8]
+  assert all(r["baseline_psnr"] > 5 and r["psnr"] > 5 for r in test_rows)
+  assert "test (unseen images" in first.stdout
+
+  # Same command, two more epochs: resumes at step 8 and appends without duplicating steps.
+  second = run_train(workdir, "--config.train.epochs=4", data_dir=tfds_data_dir)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "resuming from step 8" in second.stdout
+  logged = records(workdir)
+  keys = [(r["split"], r["step"]) for r in logged]
+  assert len(keys) == len(set(keys))
+  assert [r["step"] for r in logged if r["split"] == "test"] == [4, 8, 12, 16]
+
+
+def test_resumed_run_equals_unbroken_run(tmp_path, tfds_data_dir):
+  """A run stopped after its first checkpoint and started again ends with the same numbers."""
+  unbroken = str(tmp_path / "unbroken")
+  assert run_train(unbroken, "--config.train.epochs=3", data_dir=tfds_data_dir).returncode == 0
+  # The state of a run stopped right after epoch 1: later checkpoints never written.
+  broken = str(tmp_path / "broken")
+  shutil.copytree(unbroken, broken)
+  for step in ("8", "12"):
+    shutil.rmtree(os.path.join(broken, "checkpoints", step))
+  resumed = run_train(broken, "--config.train.epochs=3", data_dir=tfds_data_dir)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resuming from step 4" in resumed.stdout
+  strip = lambda rs: [{k: v for k, v in r.items() if k not in ("wall_time", "images_per_s")}
+                      for r in rs]
+  assert strip(records(broken)) == strip(records(unbroken))
+  with open(os.path.join(unbroken, "summary.json")) as f, \
+       open(os.path.join(broken, "summary.json")) as g:
+    assert json.load(f)["test"] == json.load(g)["test"]
