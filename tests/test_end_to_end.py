@@ -67,3 +67,33 @@ def test_resumed_run_equals_unbroken_run(tmp_path, tfds_data_dir):
   with open(os.path.join(unbroken, "summary.json")) as f, \
        open(os.path.join(broken, "summary.json")) as g:
     assert json.load(f)["test"] == json.load(g)["test"]
+
+
+@pytest.mark.parametrize("name", ["ae", "vae"])
+def test_two_decoder_models_train_and_only_the_vae_samples(tmp_path, tfds_data_dir, name):
+  workdir = str(tmp_path / name)
+  result = run_train(workdir, config=f"configs/{name}.py:smoke", data_dir=tfds_data_dir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  logged = records(workdir)
+  train_rows = [r for r in logged if r["split"] == "train"]
+  assert train_rows and all(("kl" in r) == (name == "vae") for r in train_rows)
+  assert os.path.getsize(os.path.join(workdir, "reconstructions.png")) > 0
+
+  sample = subprocess.run([sys.executable, "-m", "experiments.sample", f"--workdir={workdir}",
+                           "--num=8"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  samples = os.path.join(workdir, "samples.png")
+  if name == "vae":
+    assert sample.returncode == 0, sample.stderr[-3000:]
+    assert os.path.getsize(samples) > 0
+  else:
+    assert sample.returncode == 2
+    assert "no prior" not in sample.stdout and "prior" in sample.stderr.splitlines()[-1]
+    assert not os.path.exists(samples)
+
+
+def test_sample_without_a_run_says_so(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "experiments.sample",
+                           f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 2
+  assert "holds no run" in result.stderr.strip().splitlines()[-1]

@@ -4,19 +4,104 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import unet
-from unmix_jax import models, train
+from configs import ae, unet, vae
+from unmix_jax import models
 
-REFERENCE_PARAMS = {"unet": 10_809_638}
-
-
-def param_count(model):
-  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+CONFIGS = {"unet": unet, "ae": ae, "vae": vae}
+# The reference study's Keras summaries ("Total params", trainable + BatchNorm statistics).
+REFERENCE_PARAMS = {"unet": 10_809_638, "ae": 161_190, "vae": 161_190}
 
 
-def test_default_unet_parameter_count_within_5_percent_of_reference():
-  n = param_count(models.build(unet.get_config().model, 0))
-  assert abs(n / REFERENCE_PARAMS["unet"] - 1) < 0.05, n
+def param_count(model, kind=nnx.Variable):
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, kind)))
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_default_parameter_count_within_5_percent_of_reference(name):
+  model = models.build(CONFIGS[name].get_config().model, 0)
+  n = param_count(model, (nnx.Param, nnx.BatchStat))
+  assert abs(n / REFERENCE_PARAMS[name] - 1) < 0.05, n
+
+
+def test_ae_has_batchnorm_statistics_like_the_reference():
+  model = models.build(ae.get_config().model, 0)
+  # The reference summary lists 768 non-trainable parameters (BatchNorm mean and variance).
+  assert 600 <= param_count(model, nnx.BatchStat) <= 900
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("preset", [None, "cpu", "smoke"])
+def test_every_config_preset_builds_and_runs(name, preset):
+  config = CONFIGS[name].get_config(preset)
+  assert config.model.name == name and config.preset == (preset or "default")
+  model = models.build(config.model, 0)
+  m = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  x1_hat, x2_hat, aux = model(m, train=True, key=jax.random.PRNGKey(1))
+  assert x1_hat.shape == x2_hat.shape == (2, 32, 32, 3)
+  assert bool(jnp.all(jnp.isfinite(x1_hat)) & jnp.all(jnp.isfinite(x2_hat)))
+  assert set(aux) == ({"mu", "logvar"} if name == "vae" else set())
+
+
+@pytest.mark.parametrize("name", ["ae", "vae"])
+@pytest.mark.parametrize("consistent", [True, False])
+def test_two_decoder_models_output_options(name, consistent):
+  cfg = CONFIGS[name].get_config("smoke").model
+  cfg.mixture_consistent = consistent
+  model = models.build(cfg, 0)
+  m = jax.random.uniform(jax.random.PRNGKey(0), (3, 32, 32, 3))
+  x1_hat, x2_hat, _ = model(m, train=False)
+  average_error = float(jnp.max(jnp.abs((x1_hat + x2_hat) / 2 - m)))
+  assert (average_error < 1e-6) == consistent
+
+
+def vae_model():
+  return models.build(vae.get_config("smoke").model, 0)
+
+
+def test_vae_same_key_same_sample_and_eval_uses_the_mean():
+  model = vae_model()
+  m = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  a = model(m, train=True, key=jax.random.PRNGKey(5))[0]
+  b = model(m, train=True, key=jax.random.PRNGKey(5))[0]
+  c = model(m, train=True, key=jax.random.PRNGKey(6))[0]
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c)
+  mean_1 = model(m, train=False)[0]
+  mu, _ = model.encode(m)
+  np.testing.assert_allclose(mean_1, model.decode(mu)[0], rtol=1e-6)
+  with pytest.raises(ValueError, match="PRNG key"):
+    model(m, train=True)
+
+
+def test_gradients_flow_through_the_reparameterised_sample():
+  model = vae_model()
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  m = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 3))
+
+  def loss(params):
+    x1_hat, _, aux = nnx.merge(graphdef, params, rest)(m, train=True, key=jax.random.PRNGKey(1))
+    return jnp.mean(x1_hat)
+
+  grads = jax.grad(loss)(params)
+  # The encoder is reached only through z = mu + sigma * eps.
+  encoder_grads = jax.tree.leaves(grads["posterior"])
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in encoder_grads)
+  assert sum(float(jnp.sum(jnp.abs(g))) for g in encoder_grads) > 0
+
+
+@pytest.mark.parametrize("field,value", [("beta", -0.1), ("latent_dim", 0)])
+def test_vae_rejects_bad_settings(field, value):
+  cfg = vae.get_config("smoke").model
+  cfg[field] = value
+  with pytest.raises(ValueError, match=f"config.model.{field}"):
+    models.build(cfg, 0)
+
+
+def test_ae_rejects_mismatched_stage_counts():
+  cfg = ae.get_config("smoke").model
+  cfg.decoder_widths = (8, 8, 8)
+  with pytest.raises(ValueError, match="config.model.decoder_widths"):
+    models.build(cfg, 0)
 
 
 @pytest.mark.parametrize("consistent", [True, False])

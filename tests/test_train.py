@@ -86,3 +86,17 @@ def test_checkpoint_round_trip_and_best_kept(tmp_path):
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
     np.testing.assert_array_equal(a, b)
   ckpts.close()
+
+
+def test_batchnorm_statistics_update_in_training_and_are_used_in_eval():
+  from configs import ae
+  config = ae.get_config("smoke")
+  tx = train.make_optimizer(config, 10)
+  graphdef, state = train.create_train_state(config, tx)
+  before = [np.asarray(x) for x in jax.tree.leaves(state.model_state)]
+  step = train.make_train_step(graphdef, config, tx)
+  idx = jnp.array([[0, 1], [2, 3]], jnp.int32)
+  state, _ = step(state, random_images(), idx, jax.random.PRNGKey(0))
+  after = jax.tree.leaves(state.model_state)
+  assert len(after) == len(before) > 0
+  assert all(not np.allclose(a, b) for a, b in zip(after, before))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import sys
 
-from unmix_jax import checkpoint, config_checks, data
+from unmix_jax import checkpoint, config_checks, data, runs
 
-KNOWN_ERRORS = (config_checks.ConfigError, data.DataError, checkpoint.CheckpointError,
+KNOWN_ERRORS = (config_checks.ConfigError, data.DataError, checkpoint.CheckpointError, runs.RunError,
                 FloatingPointError)
 
 

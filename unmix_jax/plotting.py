@@ -59,3 +59,24 @@ def loss_curves(path: str, records: list[dict], title: str = "") -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def sample_grid(path: str, y1, y2, title: str = "", columns: int = 4) -> None:
+  """Generated pairs [N, 32, 32, 3]: each cell shows decoder 1's image beside decoder 2's."""
+  n = len(y1)
+  rows = -(-n // columns)
+  fig, axes = plt.subplots(rows, 2 * columns, figsize=(1.3 * 2 * columns, 1.4 * rows),
+                           squeeze=False)
+  for ax in axes.flat:
+    ax.set_axis_off()
+  for i in range(n):
+    r, c = divmod(i, columns)
+    for k, images in enumerate((y1, y2)):
+      axes[r, 2 * c + k].imshow(np.clip(np.asarray(images[i]), 0, 1), interpolation="nearest")
+      if r == 0:
+        axes[r, 2 * c + k].set_title(f"decoder {k + 1}", fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

@@ -94,7 +94,9 @@ def make_train_step(graphdef, config, tx) -> Callable:
     m, x1, x2 = data.mix_batch(images, idx, aug_key)
 
     def loss_fn(params):
-      model = nnx.merge(graphdef, params, state.model_state)
+      # Fresh Variable objects inside this trace: NNX refuses to update BatchNorm statistics
+      # held by Variables that were created at the outer (jit) trace level.
+      model = nnx.merge(graphdef, params, jax.tree.map(jnp.asarray, state.model_state))
       out = model(m, train=True, key=jax.random.fold_in(step_key, 0))
       loss, parts = losses.total_loss(config, out, x1, x2, state.step)
       _, _, model_state = nnx.split(model, nnx.Param, ...)
@@ -120,7 +122,8 @@ def make_eval_step(graphdef, config) -> Callable:
     out = metrics.pair_metrics(x1_hat, x2_hat, m, x1, x2)
     loss = losses.reconstruction_loss(config.loss, x1_hat, x2_hat, x1, x2)
     if "mu" in aux:
-      loss = loss + config.model.beta * losses.gaussian_kl(aux["mu"], aux["logvar"])
+      out["kl"] = losses.gaussian_kl(aux["mu"], aux["logvar"])
+      loss = loss + config.model.beta * out["kl"]
     out["loss"] = loss
     return out
 

@@ -22,6 +22,18 @@ def to_pair(y: jax.Array, m: jax.Array, mixture_consistent: bool) -> tuple[jax.A
   return y[..., :3], y[..., 3:]
 
 
+def from_two(y1: jax.Array, y2: jax.Array, m: jax.Array, mixture_consistent: bool):
+  """Two decoders' outputs [B, H, W, 3] -> (x1_hat, x2_hat).
+
+  Mixture-consistent: both outputs are shifted by the same residual so they average to m, i.e.
+  (m + d, m - d) with d = (y1 - y2) / 2.
+  """
+  if mixture_consistent:
+    d = (y1 - y2) / 2
+    return m + d, m - d
+  return y1, y2
+
+
 def check_common(model_cfg) -> None:
   if not isinstance(model_cfg.mixture_consistent, bool):
     raise ValueError(

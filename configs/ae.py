@@ -1,0 +1,19 @@
+"""Autoencoder with two decoders. Default ~165k parameters (the reference study's had 161,190)."""
+
+from configs import common
+
+
+def get_config(preset=None):
+  c = common.get_base_config(preset)
+  c.model.name = "ae"
+  c.model.encoder_widths = (32, 64, 64)
+  c.model.decoder_widths = (56, 32, 16)
+  if c.preset == "cpu":
+    c.data.num_train_pairs = 20_000
+    c.train.batch_size = 32
+    c.train.epochs = 8
+    c.train.warmup_steps = 100
+  elif c.preset == "smoke":
+    c.model.encoder_widths = (4, 8)
+    c.model.decoder_widths = (8, 4)
+  return c

@@ -1,0 +1,31 @@
+"""VAE with one encoder and two decoders. Default ~166k parameters (reference: 161,190).
+
+`beta` weighs the KL term against the reconstruction loss, which is a per-pixel mean (summed
+over the two images). A Gaussian decoder with pixel noise sigma corresponds to
+beta = 2 * sigma**2 / 3072; the default 1e-4 is sigma ~= 0.39.
+"""
+
+from configs import common
+
+
+def get_config(preset=None):
+  c = common.get_base_config(preset)
+  c.model.name = "vae"
+  c.model.mixture_consistent = False  # decoders must make whole images, so samples are images
+  c.model.encoder_widths = (32, 32, 32)
+  c.model.decoder_widths = (32, 32, 16)
+  c.model.latent_dim = 48
+  c.model.beta = 1e-4
+  c.model.kl_warmup_steps = 2000
+  if c.preset == "cpu":
+    c.data.num_train_pairs = 20_000
+    c.train.batch_size = 32
+    c.train.epochs = 8
+    c.train.warmup_steps = 100
+    c.model.kl_warmup_steps = 1000
+  elif c.preset == "smoke":
+    c.model.encoder_widths = (4, 8)
+    c.model.decoder_widths = (8, 4)
+    c.model.latent_dim = 4
+    c.model.kl_warmup_steps = 4
+  return c

@@ -1,0 +1,47 @@
+"""Opening a finished or running workdir: its config and a restored train state."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+from unmix_jax import checkpoint, train
+
+
+class RunError(RuntimeError):
+  """The workdir holds no usable run; the message says what is missing."""
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise RunError(f"--workdir={workdir} holds no run (no config.json); train one first with "
+                   "python -m experiments.train --workdir=...")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def restore(workdir: str, which: str = "best"):
+  """(config, graphdef, state, step) of the run in `workdir`.
+
+  which: "best" (lowest val loss among kept checkpoints) or "latest".
+  """
+  config = load_config(workdir)
+  tx = train.make_optimizer(config, train.steps_per_epoch(config) * config.train.epochs)
+  graphdef, state = train.create_train_state(config, tx)
+  ckpts = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints)
+  try:
+    if not ckpts.steps():
+      raise RunError(f"--workdir={workdir} has no checkpoint yet; let its training finish an "
+                     "epoch first.")
+    if which == "best":
+      step = ckpts.best_step()
+      state, _ = ckpts.restore(step, state)
+    else:
+      state, _ = ckpts.restore_latest(state)
+      step = int(state.step)
+  finally:
+    ckpts.close()
+  return config, graphdef, state, step
