@@ -11,7 +11,7 @@ def get_config(preset=None):
   if c.preset == "cpu":
     c.data.num_train_pairs = 20_000
     c.train.batch_size = 32
-    c.train.epochs = 8
+    c.train.epochs = 4
     c.train.warmup_steps = 100
   elif c.preset == "smoke":
     c.model.encoder_widths = (4, 8)

@@ -47,6 +47,7 @@ def get_base_config(preset: str | None) -> ml_collections.ConfigDict:
   c.train.log_every = 50
   c.train.eval_batch_size = 500
   c.train.keep_checkpoints = 3
+  c.train.skip_nonfinite = False  # True: drop updates with a non-finite loss or gradient
 
   if preset == "cpu":
     c.data.num_val_pairs = 1000

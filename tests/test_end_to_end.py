@@ -97,3 +97,77 @@ def test_sample_without_a_run_says_so(tmp_path):
                           timeout=300)
   assert result.returncode == 2
   assert "holds no run" in result.stderr.strip().splitlines()[-1]
+
+
+def test_evaluate_and_the_notebook_read_a_smoke_run(tmp_path, tfds_data_dir):
+  import nbformat
+  from nbclient import NotebookClient
+
+  workdir = str(tmp_path / "run")
+  assert run_train(workdir, data_dir=tfds_data_dir).returncode == 0
+  env = dict(os.environ, TFDS_DATA_DIR=tfds_data_dir)
+  result = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "test (unseen images)" in result.stdout
+  with open(os.path.join(workdir, "eval.json")) as f:
+    evaluation = json.load(f)
+  for split in ("test", "val"):
+    for key in ("mse", "psnr", "ssim", "baseline_psnr", "psnr_gain"):
+      lo, hi = evaluation[split][key]["ci95"]
+      assert lo <= evaluation[split][key]["mean"] <= hi
+  assert evaluation["checkpoint_step"] in (4, 8)
+
+  notebook = nbformat.read(os.path.join(ROOT, "experiments", "colab.ipynb"), as_version=4)
+  os.environ["UNMIX_WORKDIR"] = workdir
+  try:
+    NotebookClient(notebook, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": ROOT}}).execute()
+  finally:
+    del os.environ["UNMIX_WORKDIR"]
+  outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+  assert not [o for o in outputs if o.output_type == "error"]
+  assert any("image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_evaluate_without_a_checkpoint_says_so(tmp_path):
+  os.makedirs(tmp_path / "run")
+  with open(tmp_path / "run" / "config.json", "w") as f:
+    from configs import unet
+    f.write(unet.get_config("smoke").to_json())
+  result = subprocess.run([sys.executable, "-m", "experiments.evaluate",
+                           f"--workdir={tmp_path / 'run'}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 2
+  assert "no checkpoint" in result.stderr.strip().splitlines()[-1]
+
+
+def run_compare(results_dir, data_dir, preset="smoke", models="unet,vae"):
+  env = dict(os.environ, TFDS_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, "-m", "experiments.compare", f"--preset={preset}",
+         f"--results_dir={results_dir}", f"--models={models}"]
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_compare_writes_the_report_and_reuses_finished_runs(tmp_path, tfds_data_dir):
+  results = str(tmp_path / "results")
+  first = run_compare(results, tfds_data_dir)
+  assert first.returncode == 0, first.stderr[-3000:]
+  with open(os.path.join(results, "report.md")) as f:
+    report = f.read()
+  for row in ("| unet | pit |", "| unet | fixed |", "| vae | pit |", "| vae | fixed |",
+              "| mixture baseline |"):
+    assert row in report, row
+  for name in ("reconstructions.png", "loss_curves.png"):
+    assert os.path.getsize(os.path.join(results, name)) > 0
+  checkpoints = os.path.join(results, "unet-pit", "checkpoints")
+  before = sorted(os.listdir(checkpoints))
+
+  again = run_compare(results, tfds_data_dir)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stdout.count("re-evaluating") == 4 and "training in" not in again.stdout
+  assert sorted(os.listdir(checkpoints)) == before
+
+  other = run_compare(results, tfds_data_dir, preset="cpu")
+  assert other.returncode == 2
+  assert "preset 'smoke'" in other.stderr.strip().splitlines()[-1]

@@ -61,3 +61,11 @@ def test_metrics_use_the_better_assignment_and_baseline_returns_the_mixture():
   # Outputs are clipped to [0, 1] before scoring.
   clipped = metrics.pair_metrics(x1 + 5.0, x2 - 5.0, m, x1, x2)
   assert float(jnp.max(clipped["mse"])) <= 1.0
+
+
+def test_ssim_is_one_for_exact_outputs_and_lower_for_the_baseline():
+  _, _, x1, x2 = batch(3)
+  m = (x1 + x2) / 2
+  out = metrics.pair_metrics(x2, x1, m, x1, x2)
+  np.testing.assert_allclose(out["ssim"], 1.0, atol=1e-4)
+  assert float(jnp.max(out["baseline_ssim"])) < 0.9

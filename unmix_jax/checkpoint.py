@@ -8,7 +8,7 @@ Kept: the last `keep` checkpoints plus the one with the lowest val loss.
 from __future__ import annotations
 
 import os
-import warnings
+import sys
 
 import jax
 import orbax.checkpoint as ocp
@@ -23,6 +23,10 @@ def _val_score(metrics) -> float:
   return -float(metrics["val_loss"])  # BestN keeps the highest score.
 
 
+def _describe(e: Exception) -> str:
+  return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+
+
 class Checkpoints:
   """Saves and restores `(state, meta)` under `workdir/checkpoints`."""
 
@@ -31,7 +35,8 @@ class Checkpoints:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
-            policies.BestN(get_metric_fn=_val_score, n=1),
+            # A checkpoint saved mid-epoch (preemption) has no val loss; only LatestN keeps it.
+            policies.BestN(get_metric_fn=_val_score, n=1, keep_checkpoints_without_metrics=False),
         ]),
         # Synchronous: when save() returns the step is on disk, so a stop right after loses nothing.
         enable_async_checkpointing=False,
@@ -46,17 +51,22 @@ class Checkpoints:
     return self._manager.latest_step()
 
   def best_step(self) -> int | None:
-    """The kept step with the lowest val loss (as saved in its meta)."""
-    scored = [(self.read_meta(s)["val_loss"], s) for s in self.steps()]
-    return min(scored)[1] if scored else None
+    """The kept step with the lowest val loss (as saved in its meta); mid-epoch checkpoints,
+    which have none, only when nothing else is kept."""
+    scored = []
+    for s in self.steps():
+      val = self.read_meta(s).get("val_loss")
+      scored.append((val is None, val if val is not None else 0.0, s))
+    return min(scored)[2] if scored else None
 
-  def save(self, step: int, state, meta: dict, val_loss: float) -> None:
-    """Writes step `step`; `val_loss` ranks it for keeping and is added to its meta."""
-    meta = dict(meta, val_loss=float(val_loss))
+  def save(self, step: int, state, meta: dict, val_loss: float | None) -> None:
+    """Writes step `step`; `val_loss` (None mid-epoch) ranks it for keeping and joins its meta."""
+    meta = dict(meta, val_loss=None if val_loss is None else float(val_loss))
     self._manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        metrics={"val_loss": float(val_loss)},
+        metrics=None if val_loss is None else {"val_loss": float(val_loss)},
+        force=True,
     )
     self._manager.wait_until_finished()
 
@@ -72,8 +82,11 @@ class Checkpoints:
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return out["state"], out["meta"]
 
-  def restore_latest(self, like):
+  def restore_latest(self, like, model: dict | None = None):
     """(state, meta) of the newest readable checkpoint, or None when there is none.
+
+    `model`: the config.model the caller will train; a checkpoint of another model is an error,
+    not a damaged file.
 
     A newer checkpoint that cannot be read (truncated, missing file) is skipped with a warning
     naming it and the step used instead; when none can be read this raises CheckpointError rather
@@ -82,20 +95,50 @@ class Checkpoints:
     steps = self.steps()
     failures = []
     for step in reversed(steps):
+      if model is not None:
+        try:
+          saved = self.read_meta(step).get("model")
+        except Exception as e:  # Orbax raises many types for damaged files.
+          failures.append((step, _describe(e)))
+          continue
+        if saved is not None and saved != model:
+          raise CheckpointError(
+              f"checkpoint step {step} in {self.directory} belongs to another model "
+              f"({saved.get('name')} {saved}); use a new --workdir or that model's config.")
       try:
         state, meta = self.restore(step, like)
       except Exception as e:  # Orbax raises many types for damaged files.
-        failures.append((step, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"))
+        failures.append((step, _describe(e)))
         continue
+      if failures:
+        self._set_aside([bad for bad, _ in failures])
       for bad, why in failures:
-        warnings.warn(f"checkpoint step {bad} in {self.directory} is unreadable ({why}); "
-                      f"resuming from step {step} instead.")
+        print(f"warning: checkpoint step {bad} in {self.directory} is unreadable ({why}); "
+              f"moved to {self.unreadable_dir}; resuming from step {step} instead.",
+              file=sys.stderr, flush=True)
       return state, meta
     if failures:
       raise CheckpointError(
           f"no checkpoint in {self.directory} can be read (steps {[s for s, _ in failures]}; "
           f"newest: {failures[0][1]}); move the directory away to start again.")
     return None
+
+  @property
+  def unreadable_dir(self) -> str:
+    return self.directory + "_unreadable"
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves unreadable steps out of the way (kept for inspection, never deleted), so training
+    can write those step numbers again."""
+    os.makedirs(self.unreadable_dir, exist_ok=True)
+    for step in steps:
+      target = os.path.join(self.unreadable_dir, str(step))
+      suffix = 0
+      while os.path.exists(target):
+        suffix += 1
+        target = os.path.join(self.unreadable_dir, f"{step}.{suffix}")
+      os.rename(os.path.join(self.directory, str(step)), target)
+    self._manager.reload()
 
   def close(self) -> None:
     self._manager.close()

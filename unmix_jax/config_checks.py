@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 
+import jax
+
 from unmix_jax import data, losses, models
 
 
@@ -32,6 +34,10 @@ def validate(config) -> None:
            f"{', '.join(losses.LOSSES)}.")
   _require(t.lr > 0, f"config.train.lr={t.lr} must be > 0 (e.g. 1e-3).")
   _require(t.batch_size >= 1, f"config.train.batch_size={t.batch_size} must be >= 1.")
+  devices = jax.device_count()
+  _require(t.batch_size % devices == 0,
+           f"config.train.batch_size={t.batch_size} must divide evenly over the {devices} "
+           f"devices; use a multiple of {devices}.")
   _require(t.batch_size <= config.data.num_train_pairs,
            f"config.train.batch_size={t.batch_size} is larger than "
            f"config.data.num_train_pairs={config.data.num_train_pairs}; lower it.")

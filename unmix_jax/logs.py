@@ -24,6 +24,22 @@ def read_metrics(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def metrics_frame(workdir: str):
+  """metrics.jsonl as a pandas DataFrame (one row per record; NaN where a split lacks a metric)."""
+  import pandas as pd
+
+  return pd.DataFrame(read_metrics(workdir))
+
+
+def read_eval(workdir: str) -> dict | None:
+  """workdir/eval.json (written by experiments.evaluate), or None before it exists."""
+  path = os.path.join(workdir, "eval.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
 def _clean(value):
   value = float(value)
   return value if math.isfinite(value) else str(value)  # JSON has no NaN / inf.

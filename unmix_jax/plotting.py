@@ -80,3 +80,53 @@ def sample_grid(path: str, y1, y2, title: str = "", columns: int = 4) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def compare_reconstructions(path: str, m, x1, x2, outputs: list, title: str = "") -> None:
+  """The same N test mixtures for several runs. m, x1, x2: [N, 32, 32, 3]; outputs: a list of
+  (label, x1_hat, x2_hat) already in the better assignment. Rows: mixture, x1, x2, then two rows
+  (x1_hat, x2_hat) per run; columns: mixtures."""
+  rows = [("mixture", m), ("x1", x1), ("x2", x2)]
+  for label, a, b in outputs:
+    rows += [(f"{label}\nx1_hat", a), (f"{label}\nx2_hat", b)]
+  n = len(m)
+  fig, axes = plt.subplots(len(rows), n, figsize=(1.25 * n + 1.6, 1.25 * len(rows)),
+                           squeeze=False)
+  for r, (label, images) in enumerate(rows):
+    for c in range(n):
+      ax = axes[r, c]
+      ax.imshow(np.clip(np.asarray(images[c]), 0, 1), interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+    axes[r, 0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def compare_curves(path: str, runs: dict, title: str = "") -> None:
+  """Val and test MSE (better assignment, clipped) against step for several runs, with the
+  mixture baseline's test MSE dashed. runs: {label: metrics.jsonl records}."""
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+  baseline = None
+  for i, (label, records) in enumerate(runs.items()):
+    color = f"C{i}"
+    for ax, split in zip(axes, ("val", "test")):
+      rows = [r for r in records if r["split"] == split]
+      ax.plot([r["step"] for r in rows], [r["mse"] for r in rows], "o-", ms=3, color=color,
+              label=label)
+      if split == "test" and rows:
+        baseline = rows[-1]["baseline_mse"]
+  for ax, split in zip(axes, ("val (seen images)", "test (unseen images)")):
+    if baseline is not None:
+      ax.axhline(baseline, color="gray", ls="--", label="mixture baseline (test)")
+    ax.set(title=split, xlabel="step", ylabel="MSE, better assignment")
+    ax.grid(alpha=0.3)
+  axes[1].legend(fontsize=7)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

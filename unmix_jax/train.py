@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -29,6 +31,46 @@ from unmix_jax import checkpoint, config_checks, data, logs, losses, metrics, mo
 
 class NonFiniteLossError(FloatingPointError):
   pass
+
+
+class Preempted(Exception):
+  """Training stopped on SIGTERM / SIGINT after writing a checkpoint of the current step."""
+
+  def __init__(self, signum: int, step: int, directory: str):
+    self.exit_code = 128 + signum
+    super().__init__(
+        f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint written to "
+        f"{directory}. Run the same command again to resume.")
+
+
+class StopRequests:
+  """Context manager: the first SIGTERM / SIGINT only sets `signum`, so the loop can finish its
+  step and save; a second one exits at once (checkpoints are written to a temporary directory
+  and renamed when complete, so the last complete one survives)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None:
+      os._exit(128 + signum)
+    self.signum = signum
+    print(f"\n{signal.Signals(signum).name} received: finishing the current step and saving a "
+          "checkpoint (send it again to exit at once).", file=sys.stderr, flush=True)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():  # Python only allows it there.
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
 
 
 @flax.struct.dataclass
@@ -108,6 +150,14 @@ def make_train_step(graphdef, config, tx) -> Callable:
     parts = dict(parts, grad_norm=optax.tree.norm(grads), lr=current_lr(state.opt_state))
     new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                               opt_state=opt_state)
+    if config.train.skip_nonfinite:
+      # Keep the old weights, optimizer and statistics; count the step but zero its metrics so
+      # the logged means cover the applied steps only.
+      ok = jnp.isfinite(parts["loss"]) & jnp.isfinite(parts["grad_norm"])
+      pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+      new_state = pick(new_state, state.replace(step=state.step + 1))
+      parts = {k: jnp.where(ok, v, 0.0) for k, v in parts.items()}
+      parts["skipped"] = 1.0 - ok.astype(jnp.float32)
     return new_state, parts
 
   return jax.jit(train_step, donate_argnums=0)
@@ -206,11 +256,12 @@ def train_and_evaluate(config, workdir: str, *, show_progress: bool = True) -> d
   print(model_summary(config, state), flush=True)
 
   ckpts = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints)
-  restored = ckpts.restore_latest(state)
+  model_meta = json.loads(config.model.to_json())
+  restored = ckpts.restore_latest(state, model=model_meta)
   if restored is not None:
     state, meta = restored
-    print(f"resuming from step {int(state.step)} (epoch {meta['epoch']}) in {ckpts.directory}",
-          flush=True)
+    print(f"resuming from step {int(state.step)} (epoch {meta['epoch']:g}) in "
+          f"{ckpts.directory}", flush=True)
   start_step = int(state.step)
 
   pair_data = data.load(config)
@@ -220,7 +271,6 @@ def train_and_evaluate(config, workdir: str, *, show_progress: bool = True) -> d
   eval_step = make_eval_step(graphdef, config)
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
   writer = logs.MetricWriter(workdir, resume_step=start_step)
-  model_meta = json.loads(config.model.to_json())
 
   def run_evals(state, step: int, epoch: int) -> dict[str, dict[str, float]]:
     results = {}
@@ -232,13 +282,18 @@ def train_and_evaluate(config, workdir: str, *, show_progress: bool = True) -> d
     return results
 
   def log_train(step: int, window: dict, n_steps: int, seconds: float, bar) -> None:
-    means = {k: float(v) / n_steps for k, v in jax.device_get(window).items()}
+    sums = {k: float(v) for k, v in jax.device_get(window).items()}
+    applied = n_steps - sums.get("skipped", 0.0)
+    means = {k: v / applied if applied else math.nan for k, v in sums.items()}
+    if "skipped" in sums:
+      means["skipped"] = sums["skipped"]  # a count, not a mean
     if not math.isfinite(means["loss"]):
       last = ckpts.latest_step()
       raise NonFiniteLossError(
           f"training loss is {means['loss']} at step {step} (mean of the last {n_steps} steps); "
           f"last good checkpoint: step {last} in {ckpts.directory}; lower config.train.lr "
-          f"(now {config.train.lr}) or tighten config.train.grad_clip.")
+          f"(now {config.train.lr}), tighten config.train.grad_clip, or set "
+          "config.train.skip_nonfinite=True to skip such updates.")
     means["images_per_s"] = n_steps * config.train.batch_size / max(seconds, 1e-9)
     writer.write(step, "train", means, epoch=step / spe)
     if bar is not None:
@@ -247,47 +302,66 @@ def train_and_evaluate(config, workdir: str, *, show_progress: bool = True) -> d
 
   t_start = time.time()
   train_seconds = 0.0
+  results = None
+  # A window of train metrics carried over from a mid-epoch (preempted) checkpoint, so the
+  # resumed run logs the same means as an unbroken one.
+  carried = restored[1].get("window") if restored is not None else None
   bar = _progress(total_steps, start_step) if show_progress else None
   try:
-    for epoch in range(start_step // spe, config.train.epochs):
-      order = data.epoch_pairs(pair_data, config.data, config.seed, epoch)
-      window, n_window, t_window = None, 0, time.time()
-      pending = None  # a finished window, fetched only after the next step is dispatched
-      t_epoch = time.time()
-      for i in range(start_step - epoch * spe if epoch == start_step // spe else 0, spe):
-        idx = order[i * config.train.batch_size:(i + 1) * config.train.batch_size]
-        state, parts = train_step(state, train_images, idx, key)
+    with StopRequests() as stop:
+      for epoch in range(start_step // spe, config.train.epochs):
+        order = data.epoch_pairs(pair_data, config.data, config.seed, epoch)
+        first = start_step - epoch * spe if epoch == start_step // spe else 0
+        window, n_window = None, 0
+        if carried and first:
+          window = {k: jnp.asarray(v, jnp.float32) for k, v in carried["sums"].items()}
+          n_window = carried["n"]
+        t_window = time.time()
+        pending = None  # a finished window, fetched only after the next step is dispatched
+        t_epoch = time.time()
+        for i in range(first, spe):
+          idx = order[i * config.train.batch_size:(i + 1) * config.train.batch_size]
+          state, parts = train_step(state, train_images, idx, key)
+          if pending is not None:
+            log_train(*pending, bar)
+            pending = None
+          window = parts if window is None else jax.tree.map(jnp.add, window, parts)
+          n_window += 1
+          step = epoch * spe + i + 1
+          if step % config.train.log_every == 0 or i == spe - 1:
+            pending = (step, window, n_window, time.time() - t_window)
+            window, n_window, t_window = None, 0, time.time()
+          if bar is not None:
+            bar.update(1)
+          if stop.signum is not None and i < spe - 1:
+            if pending is not None:
+              log_train(*pending, bar)
+            sums = {k: float(v) for k, v in jax.device_get(window or {}).items()}
+            ckpts.save(step, state, dict(epoch=step / spe, step=step, model=model_meta,
+                                         window=dict(n=n_window, sums=sums)), None)
+            raise Preempted(stop.signum, step, ckpts.directory)
         if pending is not None:
           log_train(*pending, bar)
-          pending = None
-        window = parts if window is None else jax.tree.map(jnp.add, window, parts)
-        n_window += 1
-        step = epoch * spe + i + 1
-        if step % config.train.log_every == 0 or i == spe - 1:
-          pending = (step, window, n_window, time.time() - t_window)
-          window, n_window, t_window = None, 0, time.time()
+        jax.block_until_ready(state)
+        train_seconds += time.time() - t_epoch
+        step = (epoch + 1) * spe
+        results = run_evals(state, step, epoch + 1)
+        ckpts.save(step, state, dict(epoch=epoch + 1, step=step, model=model_meta),
+                   results["val"]["loss"])
         if bar is not None:
-          bar.update(1)
-      if pending is not None:
-        log_train(*pending, bar)
-      jax.block_until_ready(state)
-      train_seconds += time.time() - t_epoch
-      step = (epoch + 1) * spe
-      results = run_evals(state, step, epoch + 1)
-      ckpts.save(step, state, dict(epoch=epoch + 1, step=step, model=model_meta,
-                                   val_loss=results["val"]["loss"]), results["val"]["loss"])
-      if bar is not None:
-        bar.write(f"epoch {epoch + 1}/{config.train.epochs} step {step}: "
-                  f"val loss {results['val']['loss']:.4f} psnr {results['val']['psnr']:.2f} | "
-                  f"test psnr {results['test']['psnr']:.2f} "
-                  f"(baseline {results['test']['baseline_psnr']:.2f})")
+          bar.write(f"epoch {epoch + 1}/{config.train.epochs} step {step}: "
+                    f"val loss {results['val']['loss']:.4f} psnr {results['val']['psnr']:.2f} | "
+                    f"test psnr {results['test']['psnr']:.2f} "
+                    f"(baseline {results['test']['baseline_psnr']:.2f})")
+        if stop.signum is not None and epoch + 1 < config.train.epochs:
+          raise Preempted(stop.signum, step, ckpts.directory)
   finally:
     if bar is not None:
       bar.close()
     writer.close()
 
-  final = summarize(evaluate(eval_step, state, test_images, pair_data.test_pairs,
-                             config.train.eval_batch_size))
+  final = results["test"] if results is not None else summarize(
+      evaluate(eval_step, state, test_images, pair_data.test_pairs, config.train.eval_batch_size))
   save_pictures(workdir, config, make_predict(graphdef), state, pair_data,
                 logs.read_metrics(workdir))
   trained = int(state.step) - start_step

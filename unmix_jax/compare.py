@@ -1,0 +1,140 @@
+"""The study's comparison: every architecture with PIT and with fixed-order loss, one report.
+
+`results_dir/<model>-<loss>/` is an ordinary workdir per run; finished runs are re-evaluated,
+not retrained. `results_dir/report.md`, `reconstructions.png` and `loss_curves.png` are rewritten
+every time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+
+import jax
+import jax.numpy as jnp
+
+from unmix_jax import config_checks, data, evaluation, logs, plotting, runs, train
+
+MODELS = ("unet", "ae", "vae")
+LOSSES = ("pit", "fixed")
+NUM_PICTURES = 6
+
+
+def run_config(model: str, loss: str, preset: str):
+  config = importlib.import_module(f"configs.{model}").get_config(preset)
+  config.loss = loss
+  return config
+
+
+def finished(workdir: str, config) -> bool:
+  path = os.path.join(workdir, "summary.json")
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    summary = json.load(f)
+  return summary["step"] >= train.steps_per_epoch(config) * config.train.epochs
+
+
+def check_preset(results_dir: str, preset: str) -> None:
+  marker = os.path.join(results_dir, "preset.json")
+  if os.path.exists(marker):
+    with open(marker) as f:
+      previous = json.load(f)["preset"]
+    if previous != preset:
+      raise config_checks.ConfigError(
+          f"--results_dir={results_dir} holds runs of preset {previous!r}, not {preset!r}; "
+          "use another --results_dir so the two are never mixed.")
+  os.makedirs(results_dir, exist_ok=True)
+  with open(marker, "w") as f:
+    json.dump({"preset": preset}, f)
+
+
+def run_all(preset: str, results_dir: str, models=MODELS, losses=LOSSES, *,
+            show_progress: bool = True) -> list[dict]:
+  check_preset(results_dir, preset)
+  rows = []
+  for model in models:
+    for loss in losses:
+      config = run_config(model, loss, preset)
+      workdir = os.path.join(results_dir, f"{model}-{loss}")
+      if finished(workdir, config):
+        print(f"== {model} / {loss}: finished run in {workdir}, re-evaluating", flush=True)
+      else:
+        print(f"== {model} / {loss}: training in {workdir}", flush=True)
+        train.train_and_evaluate(config, workdir, show_progress=show_progress)
+      result = evaluation.evaluate_run(workdir)
+      with open(os.path.join(workdir, "summary.json")) as f:
+        result["summary"] = json.load(f)
+      print(evaluation.table(result), flush=True)
+      rows.append(result)
+  write_report(preset, results_dir, rows)
+  return rows
+
+
+def _pictures(results_dir: str, rows: list[dict]) -> None:
+  outputs = []
+  m = x1 = x2 = None
+  for row in rows:
+    config, graphdef, state, _ = runs.restore(row["workdir"], "best")
+    if m is None:  # the test pairs are the same for every run (fixed test_seed)
+      pair_data = data.load(config)
+      m, x1, x2 = data.mix_batch(jnp.asarray(pair_data.test_images),
+                                 pair_data.test_pairs[:NUM_PICTURES])
+    x1_hat, x2_hat = train.make_predict(graphdef)(state.params, state.model_state, m)
+    x1_hat, x2_hat = train.best_assignment(x1_hat, x2_hat, x1, x2)
+    outputs.append((f"{row['model']}/{row['loss']}", x1_hat, x2_hat))
+  plotting.compare_reconstructions(os.path.join(results_dir, "reconstructions.png"), m, x1, x2,
+                                   outputs, title="The same unseen test mixtures, every run")
+  plotting.compare_curves(os.path.join(results_dir, "loss_curves.png"),
+                          {f"{r['model']}/{r['loss']}": logs.read_metrics(r["workdir"])
+                           for r in rows})
+
+
+def report_table(rows: list[dict]) -> str:
+  f = evaluation.fmt
+  header = ["model", "loss", "params", "train s", "img/s", "val MSE", "val PSNR", "val SSIM",
+            "test MSE", "test PSNR", "test SSIM", "test gain dB"]
+  lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+
+  def scores(v, t, prefix=""):
+    return [f(v[prefix + "mse"], 5), f(v[prefix + "psnr"], 2), f(v[prefix + "ssim"], 3),
+            f(t[prefix + "mse"], 5), f(t[prefix + "psnr"], 2), f(t[prefix + "ssim"], 3)]
+
+  for r in rows:
+    s = r["summary"]
+    ips = s.get("train_images_per_s")
+    cells = [r["model"], r["loss"], f"{r['params']:,}", f"{s['wall_seconds']:.0f}",
+             f"{ips:.0f}" if ips else "-", *scores(r["val"], r["test"]),
+             f(r["test"]["psnr_gain"], 2)]
+    lines.append("| " + " | ".join(cells) + " |")
+  cells = ["mixture baseline", "-", "0", "-", "-",
+           *scores(rows[0]["val"], rows[0]["test"], "baseline_"), "0"]
+  lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def write_report(preset: str, results_dir: str, rows: list[dict]) -> None:
+  _pictures(results_dir, rows)
+  n_test, n_val = rows[0]["test"]["num_pairs"], rows[0]["val"]["num_pairs"]
+  text = f"""# Un-mixing comparison, preset `{preset}`
+
+Made by `python -m experiments.compare --preset={preset} --results_dir={results_dir}` on
+{platform.machine()} with {os.cpu_count()} CPU cores, jax {jax.__version__} ({jax.default_backend()}).
+
+Each run is scored at its best checkpoint (lowest val loss). Test = {n_test} pairs of unseen
+CIFAR-10 test images; val = {n_val} held-out pairs of the training images (seen images).
+MSE under the better assignment; PSNR per image, then averaged; SSIM per image (dm-pix, 11x11
+Gaussian window), averaged; outputs clipped to [0, 1]. Brackets: {evaluation.NUM_BOOTSTRAP}-resample
+percentile bootstrap 95% intervals over pairs; the gain is bootstrapped on per-pair differences.
+Train seconds and images/s are the last training process's (a resumed run reports its last leg).
+
+{report_table(rows)}
+
+![reconstructions](reconstructions.png)
+
+![loss curves](loss_curves.png)
+"""
+  with open(os.path.join(results_dir, "report.md"), "w") as f:
+    f.write(text)
