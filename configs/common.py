@@ -48,6 +48,13 @@ def get_base_config(preset: str | None) -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 500
   c.train.keep_checkpoints = 3
   c.train.skip_nonfinite = False  # True: drop updates with a non-finite loss or gradient
+  # "bfloat16": activations and matmuls in bf16; parameters and optimizer state stay float32.
+  c.train.compute_dtype = "float32"
+
+  c.profile = ml_collections.ConfigDict()
+  c.profile.start_step = -1  # >= 0: trace the num_steps steps after this one (workdir/profile)
+  c.profile.num_steps = 5
+  c.profile.dump_hlo = False  # write the optimised HLO of the train step
 
   if preset == "cpu":
     c.data.num_val_pairs = 1000

@@ -26,7 +26,9 @@ def default_workdir(config_arg: str) -> str:
 def main(argv):
   del argv
   logging.set_verbosity(logging.ERROR)  # Orbax and tfds log every file operation at INFO.
-  from unmix_jax import cli, train  # After flag parsing: keeps --help fast.
+  from unmix_jax import cli, parallel, train  # After flag parsing: keeps --help fast.
+
+  parallel.initialize()
 
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)

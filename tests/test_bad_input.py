@@ -56,3 +56,18 @@ def test_unwritable_workdir(tmp_path, tfds_data_dir):
   blocker.write_text("not a directory")
   result = run_train(str(blocker / "run"), data_dir=tfds_data_dir)
   assert_one_line_error(result, "--workdir")
+
+
+def test_batch_size_must_divide_over_the_devices(tmp_path, tfds_data_dir):
+  result = run_train(str(tmp_path / "run"), "--config.train.batch_size=15", data_dir=tfds_data_dir,
+                     env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  assert_one_line_error(result, "config.train.batch_size=15")
+
+
+def test_checkpoint_of_another_model_without_config_json(tmp_path, tfds_data_dir):
+  workdir = str(tmp_path / "run")
+  assert run_train(workdir, data_dir=tfds_data_dir).returncode == 0
+  os.remove(os.path.join(workdir, "config.json"))
+  result = run_train(workdir, "--config.model.features=(4,8,16)", data_dir=tfds_data_dir)
+  assert_one_line_error(result, "belongs to another model")
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]

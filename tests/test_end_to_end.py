@@ -11,8 +11,9 @@ import pytest
 from tests.conftest import ROOT
 
 
-def run_train(workdir, *overrides, data_dir, config="configs/unet.py:smoke", timeout=600):
-  env = dict(os.environ, TFDS_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")
+def run_train(workdir, *overrides, data_dir, config="configs/unet.py:smoke", timeout=600,
+              env=None):
+  env = dict(os.environ, TFDS_DATA_DIR=data_dir, JAX_PLATFORMS="cpu", **(env or {}))
   cmd = [sys.executable, "-m", "experiments.train", f"--config={config}",
          f"--workdir={workdir}", *overrides]
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)

@@ -13,6 +13,9 @@ import jax
 from unmix_jax import data, losses, models
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
 class ConfigError(ValueError):
   pass
 
@@ -49,6 +52,11 @@ def validate(config) -> None:
   _require(t.warmup_steps >= 0, f"config.train.warmup_steps={t.warmup_steps} must be >= 0.")
   _require(t.weight_decay >= 0, f"config.train.weight_decay={t.weight_decay} must be >= 0.")
   _require(t.grad_clip > 0, f"config.train.grad_clip={t.grad_clip} must be > 0.")
+  _require(t.compute_dtype in COMPUTE_DTYPES,
+           f"config.train.compute_dtype={t.compute_dtype!r} must be one of "
+           f"{', '.join(COMPUTE_DTYPES)}.")
+  _require(config.profile.num_steps >= 1,
+           f"config.profile.num_steps={config.profile.num_steps} must be >= 1.")
 
 
 def check_workdir(workdir: str, config) -> None:

@@ -26,7 +26,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from unmix_jax import checkpoint, config_checks, data, logs, losses, metrics, models, plotting
+from unmix_jax import (checkpoint, config_checks, data, logs, losses, metrics, models, parallel,
+                       plotting, profiling)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -106,7 +107,7 @@ def current_lr(opt_state) -> jax.Array:
 
 
 def create_train_state(config, tx) -> tuple[nnx.GraphDef, TrainState]:
-  model = models.build(config.model, config.seed)
+  model = models.build(config.model, config.seed, dtype=jnp.dtype(config.train.compute_dtype))
   graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                      opt_state=tx.init(params))
@@ -188,21 +189,26 @@ def make_predict(graphdef) -> Callable:
   return jax.jit(predict)
 
 
-def evaluate(eval_step, state: TrainState, images, pairs: np.ndarray, batch_size: int
-             ) -> dict[str, np.ndarray]:
+def evaluate(eval_step, state: TrainState, images, pairs: np.ndarray, batch_size: int,
+             mesh=None) -> dict[str, np.ndarray]:
   """Per-pair metrics over a whole pair set, [P] each.
 
   The last batch is padded by repeating pairs so every batch has one shape (one compilation);
-  the padding is dropped before anything is averaged.
+  the padding is dropped before anything is averaged. With a `mesh` each batch is split over
+  its devices (the batch size rounded up to a multiple of their number).
   """
   n = len(pairs)
   batch_size = min(batch_size, n)
+  if mesh is not None:
+    batch_size = -(-batch_size // mesh.size) * mesh.size
   chunks = []
   for start in range(0, n, batch_size):
     idx = pairs[start:start + batch_size]
     pad = batch_size - len(idx)
     if pad:
-      idx = np.concatenate([idx, pairs[:pad]])
+      idx = np.concatenate([idx, np.resize(pairs, (pad, 2))])
+    if mesh is not None:
+      idx = parallel.shard_batch(idx, mesh)
     chunks.append(eval_step(state.params, state.model_state, images, idx))
   per_pair = jax.device_get(chunks)
   return {k: np.concatenate([c[k] for c in per_pair])[:n] for k in per_pair[0]}
@@ -225,7 +231,7 @@ def best_assignment(x1_hat, x2_hat, x1, x2):
 def save_pictures(workdir, config, predict, state, pair_data: data.PairData, records) -> None:
   images = jnp.asarray(pair_data.test_images)
   idx = pair_data.test_pairs[:8]
-  m, x1, x2 = data.mix_batch(images, idx)
+  m, x1, x2 = data.mix_batch(images, jnp.asarray(idx))
   x1_hat, x2_hat = predict(state.params, state.model_state, m)
   x1_hat, x2_hat = best_assignment(x1_hat, x2_hat, x1, x2)
   name = f"{config.model.name}, loss={config.loss}, preset={config.preset}"
@@ -246,8 +252,6 @@ def train_and_evaluate(config, workdir: str, *, show_progress: bool = True) -> d
   summary (also written to `workdir/summary.json`)."""
   config_checks.validate(config)
   config_checks.check_workdir(workdir, config)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2))
 
   spe = steps_per_epoch(config)
   total_steps = spe * config.train.epochs
@@ -263,10 +267,19 @@ def train_and_evaluate(config, workdir: str, *, show_progress: bool = True) -> d
     print(f"resuming from step {int(state.step)} (epoch {meta['epoch']:g}) in "
           f"{ckpts.directory}", flush=True)
   start_step = int(state.step)
+  # Written only once the workdir is known to belong to this model.
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json(indent=2))
 
+  mesh = parallel.make_mesh()
+  print(f"data parallel over {mesh.size} device{'s' if mesh.size > 1 else ''} "
+        f"({jax.default_backend()}, {jax.process_count()} process(es)): global batch "
+        f"{config.train.batch_size}, {config.train.batch_size // mesh.size} per device; "
+        f"compute dtype {config.train.compute_dtype}", flush=True)
+  state = parallel.replicate(state, mesh)
   pair_data = data.load(config)
-  train_images = jnp.asarray(pair_data.train_images)
-  test_images = jnp.asarray(pair_data.test_images)
+  train_images = parallel.replicate(pair_data.train_images, mesh)
+  test_images = parallel.replicate(pair_data.test_images, mesh)
   train_step = make_train_step(graphdef, config, tx)
   eval_step = make_eval_step(graphdef, config)
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
@@ -277,7 +290,7 @@ def train_and_evaluate(config, workdir: str, *, show_progress: bool = True) -> d
     for split, images, pairs in (("val", train_images, pair_data.val_pairs),
                                  ("test", test_images, pair_data.test_pairs)):
       results[split] = summarize(
-          evaluate(eval_step, state, images, pairs, config.train.eval_batch_size))
+          evaluate(eval_step, state, images, pairs, config.train.eval_batch_size, mesh))
       writer.write(step, split, results[split], epoch=epoch)
     return results
 
@@ -307,6 +320,10 @@ def train_and_evaluate(config, workdir: str, *, show_progress: bool = True) -> d
   # resumed run logs the same means as an unbroken one.
   carried = restored[1].get("window") if restored is not None else None
   bar = _progress(total_steps, start_step) if show_progress else None
+  profiler = profiling.StepProfiler(config.profile, workdir)
+  if profiler.dump_hlo_enabled:
+    sample_idx = parallel.shard_batch(pair_data.train_pairs[:config.train.batch_size], mesh)
+    profiler.dump_hlo(train_step, state, train_images, sample_idx, key)
   try:
     with StopRequests() as stop:
       for epoch in range(start_step // spe, config.train.epochs):
@@ -320,14 +337,17 @@ def train_and_evaluate(config, workdir: str, *, show_progress: bool = True) -> d
         pending = None  # a finished window, fetched only after the next step is dispatched
         t_epoch = time.time()
         for i in range(first, spe):
-          idx = order[i * config.train.batch_size:(i + 1) * config.train.batch_size]
-          state, parts = train_step(state, train_images, idx, key)
+          idx = parallel.shard_batch(
+              order[i * config.train.batch_size:(i + 1) * config.train.batch_size], mesh)
+          step = epoch * spe + i + 1
+          with profiler.step(step):
+            state, parts = train_step(state, train_images, idx, key)
+          profiler.finish_step(step, state)
           if pending is not None:
             log_train(*pending, bar)
             pending = None
           window = parts if window is None else jax.tree.map(jnp.add, window, parts)
           n_window += 1
-          step = epoch * spe + i + 1
           if step % config.train.log_every == 0 or i == spe - 1:
             pending = (step, window, n_window, time.time() - t_window)
             window, n_window, t_window = None, 0, time.time()
@@ -356,12 +376,13 @@ def train_and_evaluate(config, workdir: str, *, show_progress: bool = True) -> d
         if stop.signum is not None and epoch + 1 < config.train.epochs:
           raise Preempted(stop.signum, step, ckpts.directory)
   finally:
+    profiler.close()
     if bar is not None:
       bar.close()
     writer.close()
 
-  final = results["test"] if results is not None else summarize(
-      evaluate(eval_step, state, test_images, pair_data.test_pairs, config.train.eval_batch_size))
+  final = results["test"] if results is not None else summarize(evaluate(
+      eval_step, state, test_images, pair_data.test_pairs, config.train.eval_batch_size, mesh))
   save_pictures(workdir, config, make_predict(graphdef), state, pair_data,
                 logs.read_metrics(workdir))
   trained = int(state.step) - start_step

@@ -2,7 +2,8 @@
 
 Every model module exports `Model(model_cfg, *, rngs)`, called as
 `model(m, *, train, key=None) -> (x1_hat, x2_hat, aux)` with `m` the mixture [B, 32, 32, 3] in
-[0, 1], and `validate(model_cfg)`, which raises ValueError naming a bad field.
+[0, 1] (outputs float32 whatever the compute dtype), and `validate(model_cfg)`, which raises
+ValueError naming a bad field.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ def get(name: str) -> types.ModuleType:
   return importlib.import_module(_MODULES[name])
 
 
-def build(model_cfg, seed: int):
-  """Validates `model_cfg` and builds its model with parameters initialised from `seed`."""
+def build(model_cfg, seed: int, dtype=None):
+  """Validates `model_cfg` and builds its model with float32 parameters initialised from `seed`;
+  `dtype` (e.g. jnp.bfloat16) is the compute dtype of its layers, float32 when None."""
   from flax import nnx
 
   module = get(model_cfg.name)
   module.validate(model_cfg)
-  return module.Model(model_cfg, rngs=nnx.Rngs(params=seed))
+  return module.Model(model_cfg, rngs=nnx.Rngs(params=seed), dtype=dtype)

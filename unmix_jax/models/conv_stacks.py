@@ -13,10 +13,12 @@ from flax import nnx
 class Stage(nnx.Module):
   """3x3 stride-2 (transposed) conv, optional BatchNorm, ReLU."""
 
-  def __init__(self, c_in: int, c_out: int, *, up: bool, batch_norm: bool, rngs: nnx.Rngs):
+  def __init__(self, c_in: int, c_out: int, *, up: bool, batch_norm: bool, rngs: nnx.Rngs,
+               dtype=None):
     conv = nnx.ConvTranspose if up else nnx.Conv
-    self.conv = conv(c_in, c_out, (3, 3), strides=(2, 2), rngs=rngs)
-    self.norm = nnx.BatchNorm(c_out, momentum=0.9, rngs=rngs) if batch_norm else None
+    self.conv = conv(c_in, c_out, (3, 3), strides=(2, 2), dtype=dtype, rngs=rngs)
+    self.norm = (nnx.BatchNorm(c_out, momentum=0.9, dtype=dtype, rngs=rngs)
+                 if batch_norm else None)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = self.conv(x)
@@ -28,9 +30,9 @@ class Stage(nnx.Module):
 class Encoder(nnx.Module):
   """[B, 32, 32, 3] -> [B, 32 / 2**L, 32 / 2**L, widths[-1]] with L = len(widths)."""
 
-  def __init__(self, widths, *, batch_norm: bool, rngs: nnx.Rngs):
+  def __init__(self, widths, *, batch_norm: bool, rngs: nnx.Rngs, dtype=None):
     ins = [3] + list(widths[:-1])
-    self.stages = nnx.List([Stage(i, o, up=False, batch_norm=batch_norm, rngs=rngs)
+    self.stages = nnx.List([Stage(i, o, up=False, batch_norm=batch_norm, rngs=rngs, dtype=dtype)
                             for i, o in zip(ins, widths)])
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -44,11 +46,11 @@ class Decoder(nnx.Module):
   layer is a linear 3x3 conv so outputs are not squashed (evaluation clips to [0, 1])."""
 
   def __init__(self, c_in: int, widths, out_channels: int, *, batch_norm: bool,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, dtype=None):
     ins = [c_in] + list(widths[:-1])
-    self.stages = nnx.List([Stage(i, o, up=True, batch_norm=batch_norm, rngs=rngs)
+    self.stages = nnx.List([Stage(i, o, up=True, batch_norm=batch_norm, rngs=rngs, dtype=dtype)
                             for i, o in zip(ins, widths)])
-    self.out = nnx.Conv(widths[-1], out_channels, (3, 3), rngs=rngs)
+    self.out = nnx.Conv(widths[-1], out_channels, (3, 3), dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     for stage in self.stages:

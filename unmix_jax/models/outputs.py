@@ -17,6 +17,7 @@ def to_pair(y: jax.Array, m: jax.Array, mixture_consistent: bool) -> tuple[jax.A
   Mixture-consistent: the head predicts d and we return (m + d, m - d), whose average is m
   exactly, so the network only has to decide how the mixture splits, not reproduce it.
   """
+  y = y.astype(m.dtype)  # float32 outputs and loss under a bfloat16 compute dtype
   if mixture_consistent:
     return m + y, m - y
   return y[..., :3], y[..., 3:]
@@ -28,6 +29,7 @@ def from_two(y1: jax.Array, y2: jax.Array, m: jax.Array, mixture_consistent: boo
   Mixture-consistent: both outputs are shifted by the same residual so they average to m, i.e.
   (m + d, m - d) with d = (y1 - y2) / 2.
   """
+  y1, y2 = y1.astype(m.dtype), y2.astype(m.dtype)
   if mixture_consistent:
     d = (y1 - y2) / 2
     return m + d, m - d
