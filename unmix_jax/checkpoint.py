@@ -7,12 +7,44 @@ Kept: the last `keep` checkpoints plus the one with the lowest val loss.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import tempfile
+import time
 
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+
+_CLOSED_LOOP_NOISE = ("Traceback (most recent call last):", "asyncio/base_events.py",
+                      "self._check_closed()", "Event loop is closed")
+
+
+@contextlib.contextmanager
+def _without_closed_loop_noise():
+  """When a restore fails, TensorStore's pending callbacks still fire into Orbax's closed event
+  loop and print dozens of 'RuntimeError: Event loop is closed' tracebacks straight to the stderr
+  file descriptor, burying the one line about the damaged checkpoint. Capture fd 2 meanwhile and
+  pass on every other line."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    except Exception:
+      time.sleep(1.0)  # the callbacks fire shortly after the failure: let them land here
+      raise
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+      kept = [l for l in lines if not any(n in l for n in _CLOSED_LOOP_NOISE) and l.strip()]
+      sys.stderr.write("".join(kept))
 
 
 class CheckpointError(RuntimeError):
@@ -106,7 +138,8 @@ class Checkpoints:
               f"checkpoint step {step} in {self.directory} belongs to another model "
               f"({saved.get('name')} {saved}); use a new --workdir or that model's config.")
       try:
-        state, meta = self.restore(step, like)
+        with _without_closed_loop_noise():
+          state, meta = self.restore(step, like)
       except Exception as e:  # Orbax raises many types for damaged files.
         failures.append((step, _describe(e)))
         continue

@@ -252,14 +252,21 @@ def train_and_evaluate(config, workdir: str, *, show_progress: bool = True) -> d
   summary (also written to `workdir/summary.json`)."""
   config_checks.validate(config)
   config_checks.check_workdir(workdir, config)
+  ckpts = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints)
+  try:
+    return _train_and_evaluate(config, workdir, ckpts, show_progress)
+  finally:
+    ckpts.close()  # also on errors: Orbax's background threads must stop before exit
 
+
+def _train_and_evaluate(config, workdir: str, ckpts: checkpoint.Checkpoints,
+                        show_progress: bool) -> dict[str, Any]:
   spe = steps_per_epoch(config)
   total_steps = spe * config.train.epochs
   tx = make_optimizer(config, total_steps)
   graphdef, state = create_train_state(config, tx)
   print(model_summary(config, state), flush=True)
 
-  ckpts = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints)
   model_meta = json.loads(config.model.to_json())
   restored = ckpts.restore_latest(state, model=model_meta)
   if restored is not None:
@@ -395,5 +402,4 @@ def train_and_evaluate(config, workdir: str, *, show_progress: bool = True) -> d
       test=final)
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
-  ckpts.close()
   return summary
