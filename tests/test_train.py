@@ -100,3 +100,17 @@ def test_batchnorm_statistics_update_in_training_and_are_used_in_eval():
   after = jax.tree.leaves(state.model_state)
   assert len(after) == len(before) > 0
   assert all(not np.allclose(a, b) for a, b in zip(after, before))
+
+
+def test_a_run_saved_before_a_config_field_existed_still_opens(tmp_path):
+  import json
+
+  from configs import vae
+  from unmix_jax import runs
+  saved = json.loads(vae.get_config("cpu").to_json())
+  del saved["train"]["compute_dtype"]
+  saved["model"]["latent_dim"] = 7
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(saved, f)
+  config = runs.load_config(str(tmp_path))
+  assert config.train.compute_dtype == "float32" and config.model.latent_dim == 7

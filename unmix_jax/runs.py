@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
-
-import ml_collections
 
 from unmix_jax import checkpoint, train
 
@@ -14,13 +13,19 @@ class RunError(RuntimeError):
   """The workdir holds no usable run; the message says what is missing."""
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
+def load_config(workdir: str):
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise RunError(f"--workdir={workdir} holds no run (no config.json); train one first with "
                    "python -m experiments.train --workdir=...")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  # Start from the current defaults of that model and preset, so a run saved before a field
+  # existed still opens (the new field takes its default).
+  config = importlib.import_module(f"configs.{saved['model']['name']}").get_config(
+      saved.get("preset"))
+  config.update(saved)
+  return config
 
 
 def restore(workdir: str, which: str = "best"):
