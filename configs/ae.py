@@ -9,10 +9,7 @@ def get_config(preset=None):
   c.model.encoder_widths = (32, 64, 64)
   c.model.decoder_widths = (56, 32, 16)
   if c.preset == "cpu":
-    c.data.num_train_pairs = 20_000
-    c.train.batch_size = 32
     c.train.epochs = 4
-    c.train.warmup_steps = 100
   elif c.preset == "smoke":
     c.model.encoder_widths = (4, 8)
     c.model.decoder_widths = (8, 4)

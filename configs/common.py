@@ -57,8 +57,11 @@ def get_base_config(preset: str | None) -> ml_collections.ConfigDict:
   c.profile.dump_hlo = False  # write the optimised HLO of the train step
 
   if preset == "cpu":
+    c.data.num_train_pairs = 20_000
     c.data.num_val_pairs = 1000
     c.data.num_test_pairs = 1000
+    c.train.batch_size = 32
+    c.train.warmup_steps = 100
     c.train.log_every = 20
   elif preset == "smoke":
     c.data.num_images = 32

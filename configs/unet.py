@@ -9,10 +9,7 @@ def get_config(preset=None):
   c.model.features = (38, 76, 152, 304, 608)
   if c.preset == "cpu":
     c.model.features = (16, 32, 64, 128)
-    c.data.num_train_pairs = 20_000
-    c.train.batch_size = 32
     c.train.epochs = 5
-    c.train.warmup_steps = 100
   elif c.preset == "smoke":
     c.model.features = (4, 8)
   return c

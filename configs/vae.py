@@ -18,10 +18,7 @@ def get_config(preset=None):
   c.model.beta = 1e-4
   c.model.kl_warmup_steps = 2000
   if c.preset == "cpu":
-    c.data.num_train_pairs = 20_000
-    c.train.batch_size = 32
     c.train.epochs = 5
-    c.train.warmup_steps = 100
     c.model.kl_warmup_steps = 1000
   elif c.preset == "smoke":
     c.model.encoder_widths = (4, 8)
