@@ -50,10 +50,15 @@ class MetricWriter:
 
   `resume_step`: records after this step belong to work a resumed run will redo, so they are
   dropped; the file then has no duplicated or missing steps after a resume.
+  `enabled=False` (every process but the first of a multi-host run) writes nothing.
   """
 
-  def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = True):
+  def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = True,
+               enabled: bool = True):
     self.path = os.path.join(workdir, METRICS_FILE)
+    self.enabled = enabled
+    if not enabled:
+      return
     kept = [r for r in read_metrics(workdir) if r["step"] <= resume_step]
     with open(self.path, "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in kept)
@@ -66,6 +71,8 @@ class MetricWriter:
   def write(self, step: int, split: str, metrics: dict, epoch: float | None = None) -> dict:
     record = {"step": int(step), "epoch": epoch, "split": split, "wall_time": time.time()}
     record.update({k: _clean(v) for k, v in metrics.items()})
+    if not self.enabled:
+      return record
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
     if self._tb is not None:
@@ -74,6 +81,8 @@ class MetricWriter:
     return record
 
   def close(self) -> None:
+    if not self.enabled:
+      return
     self._file.close()
     if self._tb is not None:
       self._tb.close()

@@ -274,9 +274,10 @@ def _train_and_evaluate(config, workdir: str, ckpts: checkpoint.Checkpoints,
     print(f"resuming from step {int(state.step)} (epoch {meta['epoch']:g}) in "
           f"{ckpts.directory}", flush=True)
   start_step = int(state.step)
-  # Written only once the workdir is known to belong to this model.
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2))
+  main_process = parallel.is_main_process()  # only it writes logs, pictures and summaries
+  if main_process:  # only once the workdir is known to belong to this model
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
 
   mesh = parallel.make_mesh()
   print(f"data parallel over {mesh.size} device{'s' if mesh.size > 1 else ''} "
@@ -290,7 +291,7 @@ def _train_and_evaluate(config, workdir: str, ckpts: checkpoint.Checkpoints,
   train_step = make_train_step(graphdef, config, tx)
   eval_step = make_eval_step(graphdef, config)
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-  writer = logs.MetricWriter(workdir, resume_step=start_step)
+  writer = logs.MetricWriter(workdir, resume_step=start_step, enabled=main_process)
 
   def run_evals(state, step: int, epoch: int) -> dict[str, dict[str, float]]:
     results = {}
@@ -326,7 +327,7 @@ def _train_and_evaluate(config, workdir: str, ckpts: checkpoint.Checkpoints,
   # A window of train metrics carried over from a mid-epoch (preempted) checkpoint, so the
   # resumed run logs the same means as an unbroken one.
   carried = restored[1].get("window") if restored is not None else None
-  bar = _progress(total_steps, start_step) if show_progress else None
+  bar = _progress(total_steps, start_step) if show_progress and main_process else None
   profiler = profiling.StepProfiler(config.profile, workdir)
   if profiler.dump_hlo_enabled:
     sample_idx = parallel.shard_batch(pair_data.train_pairs[:config.train.batch_size], mesh)
@@ -390,8 +391,9 @@ def _train_and_evaluate(config, workdir: str, ckpts: checkpoint.Checkpoints,
 
   final = results["test"] if results is not None else summarize(evaluate(
       eval_step, state, test_images, pair_data.test_pairs, config.train.eval_batch_size, mesh))
-  save_pictures(workdir, config, make_predict(graphdef), state, pair_data,
-                logs.read_metrics(workdir))
+  if main_process:
+    save_pictures(workdir, config, make_predict(graphdef), state, pair_data,
+                  logs.read_metrics(workdir))
   trained = int(state.step) - start_step
   summary = dict(
       model=config.model.name, loss=config.loss, preset=config.preset,
@@ -400,6 +402,7 @@ def _train_and_evaluate(config, workdir: str, ckpts: checkpoint.Checkpoints,
       train_images_per_s=(trained * config.train.batch_size / train_seconds
                           if train_seconds else None),
       test=final)
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  if main_process:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
   return summary
