@@ -29,6 +29,18 @@ def run_config(model: str, loss: str, preset: str):
 
 
 def finished(workdir: str, config) -> bool:
+  """True when `workdir` holds a completed run of exactly `config`; a run of any other config
+  there is an error, so a report never mixes settings."""
+  saved_path = os.path.join(workdir, "config.json")
+  if os.path.exists(saved_path):
+    saved = runs.load_config(workdir)
+    if saved.to_json() != config.to_json():
+      theirs, ours = json.loads(saved.to_json()), json.loads(config.to_json())
+      diff = sorted(f"{section}.{k}" for section in ours if isinstance(ours[section], dict)
+                    for k in ours[section] if theirs.get(section, {}).get(k) != ours[section][k])
+      raise config_checks.ConfigError(
+          f"{workdir} holds a run of another config ({', '.join(diff) or 'top-level fields'} "
+          "differ); move it away to retrain it with the current one.")
   path = os.path.join(workdir, "summary.json")
   if not os.path.exists(path):
     return False
