@@ -15,7 +15,7 @@ import platform
 import jax
 import jax.numpy as jnp
 
-from unmix_jax import config_checks, data, evaluation, logs, plotting, runs, train
+from unmix_jax import config_checks, data, evaluation, logs, metrics, plotting, runs, train
 
 MODELS = ("unet", "ae", "vae")
 LOSSES = ("pit", "fixed")
@@ -95,7 +95,7 @@ def _pictures(results_dir: str, rows: list[dict]) -> None:
       m, x1, x2 = data.mix_batch(jnp.asarray(pair_data.test_images),
                                  pair_data.test_pairs[:NUM_PICTURES])
     x1_hat, x2_hat = train.make_predict(graphdef)(state.params, state.model_state, m)
-    x1_hat, x2_hat = train.best_assignment(x1_hat, x2_hat, x1, x2)
+    x1_hat, x2_hat = metrics.best_assignment(x1_hat, x2_hat, x1, x2)
     outputs.append((f"{row['model']}/{row['loss']}", x1_hat, x2_hat))
   plotting.compare_reconstructions(os.path.join(results_dir, "reconstructions.png"), m, x1, x2,
                                    outputs, title="The same unseen test mixtures, every run")

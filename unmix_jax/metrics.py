@@ -23,17 +23,18 @@ def psnr(mse: jax.Array) -> jax.Array:
   return -10.0 * jnp.log10(jnp.maximum(mse, 1e-10))
 
 
+def best_assignment(x1_hat, x2_hat, x1, x2) -> tuple[jax.Array, jax.Array]:
+  """Reorders each pair's outputs [B, H, W, C] so the first is the one matched to x1 under the
+  assignment with the smaller summed MSE (ties keep the given order)."""
+  straight, swapped = losses.assignment_errors(x1_hat, x2_hat, x1, x2)
+  keep = (straight <= swapped)[:, None, None, None]
+  return jnp.where(keep, x1_hat, x2_hat), jnp.where(keep, x2_hat, x1_hat)
+
+
 def _scores(x1_hat, x2_hat, x1, x2) -> dict[str, jax.Array]:
-  e11 = losses.mse_per_example(x1_hat, x1)
-  e22 = losses.mse_per_example(x2_hat, x2)
-  e12 = losses.mse_per_example(x1_hat, x2)
-  e21 = losses.mse_per_example(x2_hat, x1)
-  straight = e11 + e22 <= e12 + e21
-  first = jnp.where(straight, e11, e12)
-  second = jnp.where(straight, e22, e21)
-  keep = straight[:, None, None, None]
-  for_x1 = jnp.where(keep, x1_hat, x2_hat)
-  for_x2 = jnp.where(keep, x2_hat, x1_hat)
+  for_x1, for_x2 = best_assignment(x1_hat, x2_hat, x1, x2)
+  first = losses.mse_per_example(for_x1, x1)
+  second = losses.mse_per_example(for_x2, x2)
   return {
       "mse": (first + second) / 2,
       "psnr": (psnr(first) + psnr(second)) / 2,

@@ -221,19 +221,12 @@ def summarize(per_pair: dict[str, np.ndarray]) -> dict[str, float]:
   return out
 
 
-def best_assignment(x1_hat, x2_hat, x1, x2):
-  """Reorders each pair's outputs so x1_hat is the one closer to x1 (for pictures)."""
-  straight, swapped = losses.assignment_errors(x1_hat, x2_hat, x1, x2)
-  keep = (straight <= swapped)[:, None, None, None]
-  return jnp.where(keep, x1_hat, x2_hat), jnp.where(keep, x2_hat, x1_hat)
-
-
 def save_pictures(workdir, config, predict, state, pair_data: data.PairData, records) -> None:
   images = jnp.asarray(pair_data.test_images)
   idx = pair_data.test_pairs[:8]
   m, x1, x2 = data.mix_batch(images, jnp.asarray(idx))
   x1_hat, x2_hat = predict(state.params, state.model_state, m)
-  x1_hat, x2_hat = best_assignment(x1_hat, x2_hat, x1, x2)
+  x1_hat, x2_hat = metrics.best_assignment(x1_hat, x2_hat, x1, x2)
   name = f"{config.model.name}, loss={config.loss}, preset={config.preset}"
   plotting.reconstructions(os.path.join(workdir, "reconstructions.png"), m, x1, x2,
                            x1_hat, x2_hat, title=f"{name}: unseen test mixtures")
