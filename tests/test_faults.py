@@ -15,7 +15,7 @@ import numpy as np
 from configs import unet
 from tests.conftest import ROOT
 from tests.test_end_to_end import records, run_train
-from tests.test_train import random_images
+from tests.test_train import random_images, single_step
 from unmix_jax import runs, train
 
 LONG = ("--config.train.epochs=40",)
@@ -81,7 +81,7 @@ def test_skip_nonfinite_keeps_the_state_and_counts_the_step():
   config.train.skip_nonfinite = True
   tx = train.make_optimizer(config, 10)
   graphdef, state = train.create_train_state(config, tx)
-  step = train.make_train_step(graphdef, config, tx)
+  step = single_step(graphdef, config, tx)
   idx = jnp.array([[0, 1], [2, 3]], jnp.int32)
   state, parts = step(state, random_images(), idx, jax.random.PRNGKey(0))
   assert float(parts["skipped"]) == 0.0

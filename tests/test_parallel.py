@@ -13,7 +13,7 @@ import numpy as np
 from configs import unet
 from tests.conftest import ROOT
 from tests.test_end_to_end import records, run_train
-from tests.test_train import random_images
+from tests.test_train import random_images, single_step
 from unmix_jax import runs, train
 
 TWO_DEVICES = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
@@ -60,7 +60,7 @@ def fixed_batch_losses(dtype, steps=25):
   config.train.warmup_steps = 0
   tx = train.make_optimizer(config, 1000)
   graphdef, state = train.create_train_state(config, tx)
-  step = train.make_train_step(graphdef, config, tx)
+  step = single_step(graphdef, config, tx)
   idx = jnp.array([[i, (i + 1) % 16] for i in range(4)], jnp.int32)
   losses = []
   for _ in range(steps):

@@ -19,13 +19,47 @@ def random_images(n=16, seed=0):
   return jnp.asarray(cells.repeat(8, axis=1).repeat(8, axis=2))
 
 
+def single_step(graphdef, config, tx):
+  """The jitted train step with a fresh metric window each call: (state, images, idx, key) ->
+  (state, this step's metrics)."""
+  step = train.make_train_step(graphdef, config, tx)
+  zeros = None
+
+  def run(state, images, idx, key):
+    nonlocal zeros
+    if zeros is None:
+      zeros = train.zero_window(graphdef, config, tx, state, images, idx, key)
+    return step(state, zeros, images, idx, key)
+
+  return run
+
+
+def test_the_window_sums_the_step_metrics_on_device():
+  config = smoke_config()
+  tx = train.make_optimizer(config, 10)
+  graphdef, state = train.create_train_state(config, tx)
+  idx = jnp.array([[0, 1], [2, 3]], jnp.int32)
+  key = jax.random.PRNGKey(0)
+  window = train.zero_window(graphdef, config, tx, state, random_images(), idx, key)
+  assert set(window) >= {"loss", "grad_norm", "lr"}
+  step, one = train.make_train_step(graphdef, config, tx), single_step(graphdef, config, tx)
+  state_b = jax.tree.map(jnp.copy, state)
+  per_step = []
+  for _ in range(3):
+    state, window = step(state, window, random_images(), idx, key)
+    state_b, parts = one(state_b, random_images(), idx, key)
+    per_step.append(parts)
+  for k in window:
+    np.testing.assert_allclose(window[k], sum(p[k] for p in per_step), rtol=1e-6)
+
+
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
   config = smoke_config(features=(16, 32))
   config.train.lr = 3e-3
   config.train.warmup_steps = 0
   tx = train.make_optimizer(config, 1000)
   graphdef, state = train.create_train_state(config, tx)
-  step = train.make_train_step(graphdef, config, tx)
+  step = single_step(graphdef, config, tx)
   images = random_images()
   idx = jnp.array([[i, (i + 1) % 16] for i in range(4)], jnp.int32)
   key = jax.random.PRNGKey(0)
@@ -42,7 +76,7 @@ def test_training_is_deterministic_for_a_seed():
     config = smoke_config()
     tx = train.make_optimizer(config, 10)
     graphdef, state = train.create_train_state(config, tx)
-    step = train.make_train_step(graphdef, config, tx)
+    step = single_step(graphdef, config, tx)
     idx = jnp.array([[0, 1], [2, 3]], jnp.int32)
     for _ in range(3):
       state, parts = step(state, random_images(), idx, jax.random.PRNGKey(0))
@@ -70,7 +104,7 @@ def test_checkpoint_round_trip_and_best_kept(tmp_path):
   config = smoke_config()
   tx = train.make_optimizer(config, 10)
   graphdef, state = train.create_train_state(config, tx)
-  step = train.make_train_step(graphdef, config, tx)
+  step = single_step(graphdef, config, tx)
   ckpts = checkpoint.Checkpoints(str(tmp_path), keep=2)
   idx = jnp.array([[0, 1], [2, 3]], jnp.int32)
   val_losses = [0.5, 0.1, 0.4, 0.3, 0.35]
@@ -94,7 +128,7 @@ def test_batchnorm_statistics_update_in_training_and_are_used_in_eval():
   tx = train.make_optimizer(config, 10)
   graphdef, state = train.create_train_state(config, tx)
   before = [np.asarray(x) for x in jax.tree.leaves(state.model_state)]
-  step = train.make_train_step(graphdef, config, tx)
+  step = single_step(graphdef, config, tx)
   idx = jnp.array([[0, 1], [2, 3]], jnp.int32)
   state, _ = step(state, random_images(), idx, jax.random.PRNGKey(0))
   after = jax.tree.leaves(state.model_state)

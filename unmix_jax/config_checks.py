@@ -11,6 +11,7 @@ import os
 import jax
 
 from unmix_jax import data, losses, models
+from unmix_jax.models import layers
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -55,6 +56,8 @@ def validate(config) -> None:
   _require(t.compute_dtype in COMPUTE_DTYPES,
            f"config.train.compute_dtype={t.compute_dtype!r} must be one of "
            f"{', '.join(COMPUTE_DTYPES)}.")
+  _require(t.conv_impl in layers.IMPLS,
+           f"config.train.conv_impl={t.conv_impl!r} must be one of {', '.join(layers.IMPLS)}.")
   _require(config.profile.num_steps >= 1,
            f"config.profile.num_steps={config.profile.num_steps} must be >= 1.")
 

@@ -1,7 +1,7 @@
 """Training and evaluation loop: `train_and_evaluate(config, workdir)`.
 
 State flows through pure, jitted functions:
-  train_step(state, images, idx, key) -> (state, metrics)    (state donated)
+  train_step(state, window, images, idx, key) -> (state, window)    (state donated)
   eval_step(params, model_state, images, idx) -> per-pair metrics
 The model's graph definition and the config live in closures, never as traced arguments. Data
 order is a function of (seed, epoch) and randomness of fold_in(key, step), so a resumed run
@@ -28,6 +28,7 @@ from flax import nnx
 
 from unmix_jax import (checkpoint, config_checks, data, logs, losses, metrics, models, parallel,
                        plotting, profiling)
+from unmix_jax.models import layers
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -107,7 +108,8 @@ def current_lr(opt_state) -> jax.Array:
 
 
 def create_train_state(config, tx) -> tuple[nnx.GraphDef, TrainState]:
-  model = models.build(config.model, config.seed, dtype=jnp.dtype(config.train.compute_dtype))
+  model = models.build(config.model, config.seed, dtype=jnp.dtype(config.train.compute_dtype),
+                       conv_impl=config.train.conv_impl)
   graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                      opt_state=tx.init(params))
@@ -129,7 +131,7 @@ def model_summary(config, state: TrainState) -> str:
   return "\n".join(lines)
 
 
-def make_train_step(graphdef, config, tx) -> Callable:
+def _step_function(graphdef, config, tx) -> Callable:
   def train_step(state: TrainState, images, idx, key):
     """images uint8 [N, 32, 32, 3]; idx int32 [B, 2]; key: the run's training key."""
     step_key = jax.random.fold_in(key, state.step)
@@ -161,7 +163,30 @@ def make_train_step(graphdef, config, tx) -> Callable:
       parts["skipped"] = 1.0 - ok.astype(jnp.float32)
     return new_state, parts
 
+  return train_step
+
+
+def make_train_step(graphdef, config, tx) -> Callable:
+  """The jitted `train_step(state, window, images, idx, key) -> (state, window)`.
+
+  `window` holds the running sums of the step's scalar metrics (loss parts, grad_norm, lr, ...)
+  since the last log line; start one with `zero_window`. Summing inside the step keeps the host
+  from dispatching one tiny add per metric per step. `state` is donated, `window` is not (the
+  zeros are reused to start each window).
+  """
+  step = _step_function(graphdef, config, tx)
+
+  def train_step(state: TrainState, window, images, idx, key):
+    state, parts = step(state, images, idx, key)
+    return state, jax.tree.map(jnp.add, window, parts)
+
   return jax.jit(train_step, donate_argnums=0)
+
+
+def zero_window(graphdef, config, tx, state, images, idx, key) -> dict[str, jax.Array]:
+  """Zeros shaped like the train step's metrics (found by tracing it, no compute)."""
+  _, parts = jax.eval_shape(_step_function(graphdef, config, tx), state, images, idx, key)
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), parts)
 
 
 def make_eval_step(graphdef, config) -> Callable:
@@ -276,7 +301,8 @@ def _train_and_evaluate(config, workdir: str, ckpts: checkpoint.Checkpoints,
   print(f"data parallel over {mesh.size} device{'s' if mesh.size > 1 else ''} "
         f"({jax.default_backend()}, {jax.process_count()} process(es)): global batch "
         f"{config.train.batch_size}, {config.train.batch_size // mesh.size} per device; "
-        f"compute dtype {config.train.compute_dtype}", flush=True)
+        f"compute dtype {config.train.compute_dtype}, convs as "
+        f"{layers.resolve(config.train.conv_impl)}", flush=True)
   state = parallel.replicate(state, mesh)
   pair_data = data.load(config)
   train_images = parallel.replicate(pair_data.train_images, mesh)
@@ -322,15 +348,16 @@ def _train_and_evaluate(config, workdir: str, ckpts: checkpoint.Checkpoints,
   carried = restored[1].get("window") if restored is not None else None
   bar = _progress(total_steps, start_step) if show_progress and main_process else None
   profiler = profiling.StepProfiler(config.profile, workdir)
+  sample_idx = parallel.shard_batch(pair_data.train_pairs[:config.train.batch_size], mesh)
+  zeros = zero_window(graphdef, config, tx, state, train_images, sample_idx, key)
   if profiler.dump_hlo_enabled:
-    sample_idx = parallel.shard_batch(pair_data.train_pairs[:config.train.batch_size], mesh)
-    profiler.dump_hlo(train_step, state, train_images, sample_idx, key)
+    profiler.dump_hlo(train_step, state, zeros, train_images, sample_idx, key)
   try:
     with StopRequests() as stop:
       for epoch in range(start_step // spe, config.train.epochs):
         order = data.epoch_pairs(pair_data, config.data, config.seed, epoch)
         first = start_step - epoch * spe if epoch == start_step // spe else 0
-        window, n_window = None, 0
+        window, n_window = zeros, 0
         if carried and first:
           window = {k: jnp.asarray(v, jnp.float32) for k, v in carried["sums"].items()}
           n_window = carried["n"]
@@ -342,22 +369,21 @@ def _train_and_evaluate(config, workdir: str, ckpts: checkpoint.Checkpoints,
               order[i * config.train.batch_size:(i + 1) * config.train.batch_size], mesh)
           step = epoch * spe + i + 1
           with profiler.step(step):
-            state, parts = train_step(state, train_images, idx, key)
+            state, window = train_step(state, window, train_images, idx, key)
           profiler.finish_step(step, state)
           if pending is not None:
             log_train(*pending, bar)
             pending = None
-          window = parts if window is None else jax.tree.map(jnp.add, window, parts)
           n_window += 1
           if step % config.train.log_every == 0 or i == spe - 1:
             pending = (step, window, n_window, time.time() - t_window)
-            window, n_window, t_window = None, 0, time.time()
+            window, n_window, t_window = zeros, 0, time.time()
           if bar is not None:
             bar.update(1)
           if stop.signum is not None and i < spe - 1:
             if pending is not None:
               log_train(*pending, bar)
-            sums = {k: float(v) for k, v in jax.device_get(window or {}).items()}
+            sums = {k: float(v) for k, v in jax.device_get(window).items()}
             ckpts.save(step, state, dict(epoch=step / spe, step=step, model=model_meta,
                                          window=dict(n=n_window, sums=sums)), None)
             raise Preempted(stop.signum, step, ckpts.directory)

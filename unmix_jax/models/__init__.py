@@ -27,11 +27,12 @@ def get(name: str) -> types.ModuleType:
   return importlib.import_module(_MODULES[name])
 
 
-def build(model_cfg, seed: int, dtype=None):
+def build(model_cfg, seed: int, dtype=None, conv_impl: str = "auto"):
   """Validates `model_cfg` and builds its model with float32 parameters initialised from `seed`;
-  `dtype` (e.g. jnp.bfloat16) is the compute dtype of its layers, float32 when None."""
+  `dtype` (e.g. jnp.bfloat16) is the compute dtype of its layers, float32 when None;
+  `conv_impl` picks how convs are computed (see `layers`), never what parameters they have."""
   from flax import nnx
 
   module = get(model_cfg.name)
   module.validate(model_cfg)
-  return module.Model(model_cfg, rngs=nnx.Rngs(params=seed), dtype=dtype)
+  return module.Model(model_cfg, rngs=nnx.Rngs(params=seed), dtype=dtype, impl=conv_impl)

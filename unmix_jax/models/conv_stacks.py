@@ -9,14 +9,16 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from unmix_jax.models import layers
+
 
 class Stage(nnx.Module):
   """3x3 stride-2 (transposed) conv, optional BatchNorm, ReLU."""
 
   def __init__(self, c_in: int, c_out: int, *, up: bool, batch_norm: bool, rngs: nnx.Rngs,
-               dtype=None):
-    conv = nnx.ConvTranspose if up else nnx.Conv
-    self.conv = conv(c_in, c_out, (3, 3), strides=(2, 2), dtype=dtype, rngs=rngs)
+               dtype=None, impl: str = "auto"):
+    conv = layers.ConvTranspose if up else layers.Conv
+    self.conv = conv(c_in, c_out, (3, 3), strides=(2, 2), dtype=dtype, impl=impl, rngs=rngs)
     self.norm = (nnx.BatchNorm(c_out, momentum=0.9, dtype=dtype, rngs=rngs)
                  if batch_norm else None)
 
@@ -30,9 +32,11 @@ class Stage(nnx.Module):
 class Encoder(nnx.Module):
   """[B, 32, 32, 3] -> [B, 32 / 2**L, 32 / 2**L, widths[-1]] with L = len(widths)."""
 
-  def __init__(self, widths, *, batch_norm: bool, rngs: nnx.Rngs, dtype=None):
+  def __init__(self, widths, *, batch_norm: bool, rngs: nnx.Rngs, dtype=None,
+               impl: str = "auto"):
     ins = [3] + list(widths[:-1])
-    self.stages = nnx.List([Stage(i, o, up=False, batch_norm=batch_norm, rngs=rngs, dtype=dtype)
+    self.stages = nnx.List([Stage(i, o, up=False, batch_norm=batch_norm, rngs=rngs, dtype=dtype,
+                                  impl=impl)
                             for i, o in zip(ins, widths)])
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -46,11 +50,12 @@ class Decoder(nnx.Module):
   layer is a linear 3x3 conv so outputs are not squashed (evaluation clips to [0, 1])."""
 
   def __init__(self, c_in: int, widths, out_channels: int, *, batch_norm: bool,
-               rngs: nnx.Rngs, dtype=None):
+               rngs: nnx.Rngs, dtype=None, impl: str = "auto"):
     ins = [c_in] + list(widths[:-1])
-    self.stages = nnx.List([Stage(i, o, up=True, batch_norm=batch_norm, rngs=rngs, dtype=dtype)
+    self.stages = nnx.List([Stage(i, o, up=True, batch_norm=batch_norm, rngs=rngs, dtype=dtype,
+                                  impl=impl)
                             for i, o in zip(ins, widths)])
-    self.out = nnx.Conv(widths[-1], out_channels, (3, 3), dtype=dtype, rngs=rngs)
+    self.out = layers.Conv(widths[-1], out_channels, (3, 3), dtype=dtype, impl=impl, rngs=rngs)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     for stage in self.stages:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from unmix_jax.models import outputs
+from unmix_jax.models import layers, outputs
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -23,9 +23,9 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 class DoubleConv(nnx.Module):
   """Two 3x3 conv + ReLU layers: [B, H, W, c_in] -> [B, H, W, c_out]."""
 
-  def __init__(self, c_in: int, c_out: int, *, rngs: nnx.Rngs, dtype=None):
-    self.conv1 = nnx.Conv(c_in, c_out, (3, 3), dtype=dtype, rngs=rngs)
-    self.conv2 = nnx.Conv(c_out, c_out, (3, 3), dtype=dtype, rngs=rngs)
+  def __init__(self, c_in: int, c_out: int, *, rngs: nnx.Rngs, dtype=None, impl: str = "auto"):
+    self.conv1 = layers.Conv(c_in, c_out, (3, 3), dtype=dtype, impl=impl, rngs=rngs)
+    self.conv2 = layers.Conv(c_out, c_out, (3, 3), dtype=dtype, impl=impl, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return nnx.relu(self.conv2(nnx.relu(self.conv1(x))))
@@ -34,9 +34,10 @@ class DoubleConv(nnx.Module):
 class Up(nnx.Module):
   """2x up-sampling, skip concatenation, DoubleConv: [B, H, W, c_in] -> [B, 2H, 2W, c_out]."""
 
-  def __init__(self, c_in: int, c_out: int, *, rngs: nnx.Rngs, dtype=None):
-    self.up = nnx.ConvTranspose(c_in, c_out, (2, 2), strides=(2, 2), dtype=dtype, rngs=rngs)
-    self.conv = DoubleConv(2 * c_out, c_out, rngs=rngs, dtype=dtype)
+  def __init__(self, c_in: int, c_out: int, *, rngs: nnx.Rngs, dtype=None, impl: str = "auto"):
+    self.up = layers.ConvTranspose(c_in, c_out, (2, 2), strides=(2, 2), dtype=dtype, impl=impl,
+                                   rngs=rngs)
+    self.conv = DoubleConv(2 * c_out, c_out, rngs=rngs, dtype=dtype, impl=impl)
 
   def __call__(self, x: jax.Array, skip: jax.Array) -> jax.Array:
     return self.conv(outputs.concat_skip(self.up(x), skip))
@@ -58,16 +59,16 @@ def validate(model_cfg) -> None:
 class Model(nnx.Module):
   """m [B, 32, 32, 3] in [0, 1] -> (x1_hat, x2_hat) [B, 32, 32, 3], aux = {}."""
 
-  def __init__(self, model_cfg, *, rngs: nnx.Rngs, dtype=None):
+  def __init__(self, model_cfg, *, rngs: nnx.Rngs, dtype=None, impl: str = "auto"):
     features = [int(f) for f in model_cfg.features]
     self.mixture_consistent = bool(model_cfg.mixture_consistent)
     ins = [3] + features[:-1]
-    self.down = nnx.List([DoubleConv(i, o, rngs=rngs, dtype=dtype)
+    self.down = nnx.List([DoubleConv(i, o, rngs=rngs, dtype=dtype, impl=impl)
                           for i, o in zip(ins, features)])
-    self.up = nnx.List([Up(i, o, rngs=rngs, dtype=dtype)
+    self.up = nnx.List([Up(i, o, rngs=rngs, dtype=dtype, impl=impl)
                         for i, o in zip(features[:0:-1], features[-2::-1])])
-    self.head = nnx.Conv(features[0], outputs.out_channels(self.mixture_consistent), (1, 1),
-                         dtype=dtype, rngs=rngs)
+    self.head = layers.Conv(features[0], outputs.out_channels(self.mixture_consistent), (1, 1),
+                            dtype=dtype, impl=impl, rngs=rngs)
 
   def __call__(self, m: jax.Array, *, train: bool = False, key: jax.Array | None = None):
     del train, key  # Deterministic, no normalisation statistics.

@@ -1,0 +1,49 @@
+"""Train-step throughput of one config, optionally side by side with PyTorch.
+
+  python -m experiments.benchmark --config=configs/unet.py
+  python -m experiments.benchmark --config=configs/ae.py --compare=torch
+  python -m experiments.benchmark --config=configs/unet.py --config.train.conv_impl=xla
+
+Prints one JSON line: compile seconds, images/s (min / median / max over repeats), XLA FLOPs per
+step, achieved GFLOP/s, share of wall time outside the jitted step, and with --compare=torch the
+PyTorch reference's images/s and the ratio. Needs no dataset (random uint8 images).
+"""
+
+import json
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/unet.py", "Config file[:preset].")
+_STEPS = flags.DEFINE_integer("steps", 10, "Train steps per timed repeat.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (min / median / max over them).")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.")
+_COMPARE = flags.DEFINE_enum("compare", None, ["torch"],
+                             "Also time the PyTorch reference, alternating with JAX.")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.ERROR)
+  from unmix_jax import benchmark, cli, config_checks, parallel
+
+  parallel.initialize()
+  config = _CONFIG.value
+  with cli.one_line_errors():
+    config_checks.validate(config)
+    if _STEPS.value < 1 or _REPEATS.value < 1 or _WARMUP.value < 0:
+      raise config_checks.ConfigError(
+          f"--steps={_STEPS.value} and --repeats={_REPEATS.value} must be >= 1 and "
+          f"--warmup={_WARMUP.value} >= 0.")
+    other = None
+    if _COMPARE.value == "torch":
+      from experiments import torch_reference
+      other = torch_reference.load(config)
+    result = benchmark.measure(config, steps=_STEPS.value, repeats=_REPEATS.value,
+                               warmup=_WARMUP.value, other=other)
+  print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+  sys.exit(app.run(main))

@@ -1,0 +1,141 @@
+"""Throughput of the real jitted train step: compile time, images/s, FLOPs, host overhead.
+
+The step is the one `train.make_train_step` builds (mixing, loss, gradients, optimizer), fed the
+way the training loop feeds it: a slice of a shuffled pair order per step, sharded over the
+devices, metrics summed on device. Images are random uint8 arrays, so no dataset is needed; the
+step's cost does not depend on pixel values.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unmix_jax import parallel, train
+from unmix_jax.models import layers
+
+# Between JAX and PyTorch rounds: PyTorch's OpenMP workers spin for a while after each parallel
+# region and would steal the two cores from the round that follows.
+PAUSE_S = 1.0
+
+
+def synthetic_batches(config, seed: int = 0):
+  """uint8 images [N, 32, 32, 3] and a shuffled pair order [P, 2] the size of the config's."""
+  rng = np.random.default_rng(seed)
+  n = config.data.num_images
+  images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+  pairs = rng.integers(0, n, (max(config.data.num_train_pairs, config.train.batch_size), 2))
+  return images, pairs.astype(np.int32)
+
+
+def flops_of(compiled) -> float | None:
+  """XLA's FLOP count of one call of a compiled function (None where the backend has none)."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  flops = (cost or {}).get("flops")
+  return float(flops) if flops else None
+
+
+class JaxStep:
+  """The config's train step, compiled once; `run(n)` times n steps the way training runs them
+  and `run_resident(n)` times n steps on batches already on the device."""
+
+  def __init__(self, config):
+    self.config = config
+    self.batch = config.train.batch_size
+    tx = train.make_optimizer(config, total_steps=10_000)
+    graphdef, state = train.create_train_state(config, tx)
+    self.mesh = parallel.make_mesh()
+    self.state = parallel.replicate(state, self.mesh)
+    images, self.order = synthetic_batches(config)
+    self.images = parallel.replicate(images, self.mesh)
+    self.key = jax.random.PRNGKey(config.seed)
+    self.window = train.zero_window(graphdef, config, tx, self.state, self.images,
+                                    self._idx(0), self.key)
+    step = train.make_train_step(graphdef, config, tx)
+    t0 = time.perf_counter()
+    self.step = step.lower(self.state, self.window, self.images, self._idx(0), self.key).compile()
+    self.compile_seconds = time.perf_counter() - t0
+    self.flops = flops_of(self.step)
+    self.params = train.count_params(state.params)
+    self.conv_impl = layers.resolve(config.train.conv_impl)
+    self._i = 0
+
+  def _idx(self, i: int):
+    start = (i * self.batch) % (len(self.order) - self.batch + 1)
+    return parallel.shard_batch(self.order[start:start + self.batch], self.mesh)
+
+  def _loop(self, batches) -> float:
+    window = self.window
+    t0 = time.perf_counter()
+    for idx in batches:
+      self.state, window = self.step(self.state, window, self.images, idx, self.key)
+    jax.block_until_ready((self.state, window))
+    return time.perf_counter() - t0
+
+  def run(self, n: int) -> float:
+    """Seconds for n steps, each batch sliced and sharded on the host as in training."""
+    def batches():
+      for _ in range(n):
+        self._i += 1
+        yield self._idx(self._i)
+    return self._loop(batches())
+
+  def run_resident(self, n: int) -> float:
+    """Seconds for n steps on batches prepared beforehand (no host work between steps)."""
+    prepared = [self._idx(self._i + k + 1) for k in range(n)]
+    self._i += n
+    jax.block_until_ready(prepared)
+    return self._loop(prepared)
+
+
+def summary(name: str, images_per_step: int, seconds: list[float], steps: int) -> dict:
+  rates = sorted(images_per_step * steps / s for s in seconds)
+  return {f"{name}images_per_s_min": round(rates[0], 2),
+          f"{name}images_per_s_median": round(statistics.median(rates), 2),
+          f"{name}images_per_s_max": round(rates[-1], 2)}
+
+
+def measure(config, *, steps: int, repeats: int, warmup: int, other=None) -> dict:
+  """Times `repeats` rounds of `steps` steps after `warmup` steps. With `other` (an object with
+  `run(n)` and `name`, e.g. the PyTorch reference), its rounds alternate with the JAX rounds so
+  both see the same machine state, and the ratio of medians is reported."""
+  jstep = JaxStep(config)
+  jstep.run(warmup)
+  if other is not None:
+    other.run(warmup)
+  loop, resident, theirs = [], [], []
+  for _ in range(repeats):
+    loop.append(jstep.run(steps))
+    resident.append(jstep.run_resident(steps))
+    if other is not None:
+      time.sleep(PAUSE_S)
+      theirs.append(other.run(steps))
+      time.sleep(PAUSE_S)
+  out = {
+      "model": config.model.name, "preset": config.preset, "params": jstep.params,
+      "batch": jstep.batch, "backend": jax.default_backend(), "devices": jstep.mesh.size,
+      "conv_impl": jstep.conv_impl, "compute_dtype": config.train.compute_dtype,
+      "steps": steps, "repeats": repeats,
+      "compile_s": round(jstep.compile_seconds, 2),
+  }
+  out.update(summary("", jstep.batch, loop, steps))
+  median_step = statistics.median(loop) / steps
+  if jstep.flops:
+    out["gflop_per_step"] = round(jstep.flops / 1e9, 3)
+    out["gflop_per_s"] = round(jstep.flops / median_step / 1e9, 1)
+  # Host work between steps (slicing, sharding, dispatch) shows as the loop's extra time over
+  # the same steps on batches already resident.
+  out["outside_step_share"] = round(
+      max(0.0, 1.0 - statistics.median(resident) / statistics.median(loop)), 4)
+  if other is not None:
+    out.update(summary(f"{other.name}_", jstep.batch, theirs, steps))
+    out[f"jax_over_{other.name}"] = round(
+        out["images_per_s_median"] / out[f"{other.name}_images_per_s_median"], 3)
+    out.update(other.describe())
+  return out

@@ -1,0 +1,205 @@
+"""Convolution layers with a second formulation that XLA:CPU runs well.
+
+`Conv` and `ConvTranspose` subclass `nnx.Conv` / `nnx.ConvTranspose` and only change how the
+output is computed, so parameter names, shapes and initialisation are identical: a checkpoint
+written with one formulation restores into the other.
+
+`impl`:
+  "xla"     `lax.conv_general_dilated` / `lax.conv_transpose` (right for GPU/TPU, cuDNN).
+  "matmul"  every conv as one matrix product. On XLA:CPU the stock convolution emitter is slow,
+            above all for weight gradients and for the lhs-dilated convolutions that strided and
+            transposed convs turn into in the backward pass; dots go to a tuned GEMM.
+  "auto"    "matmul" on the CPU backend, "xla" elsewhere (resolved when the layer is built).
+
+The matmul forms (NHWC, 'SAME' padding as lax defines it, no dilation or groups):
+  conv           gather the kh*kw shifted (and strided) views of the padded input along channels
+                 (im2col) -> [B*Ho*Wo, kh*kw*Cin] @ kernel.reshape(kh*kw*Cin, Cout).
+  transposed     stride s splits the output into s*s phases; each phase is an ordinary conv of
+                 the input with a subset of the kernel's taps at small offsets. One product of
+                 the input's im2col over those offsets with a [n*n*Cin, s*s*Cout] weight built from
+                 the kernel (zeros where a tap does not reach a phase), then depth-to-space. For
+                 the U-Net's 2x2 stride-2 up-sampling the offsets are {0}: a plain matmul.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+IMPLS = ("auto", "xla", "matmul")
+
+
+def resolve(impl: str) -> str:
+  """'auto' -> the formulation for the default backend."""
+  if impl not in IMPLS:
+    raise ValueError(f"config.train.conv_impl={impl!r} is not known; choose one of "
+                     f"{', '.join(IMPLS)}.")
+  if impl == "auto":
+    return "matmul" if jax.default_backend() == "cpu" else "xla"
+  return impl
+
+
+def _same_padding(size: int, k: int, s: int) -> tuple[int, int]:
+  """lax's 'SAME' padding of a strided conv: output ceil(size / s)."""
+  out = -(-size // s)
+  total = max((out - 1) * s + k - size, 0)
+  return total // 2, total - total // 2
+
+
+def _patches(x: jax.Array, offsets_h, offsets_w, stride: tuple[int, int],
+             out_hw: tuple[int, int]) -> jax.Array:
+  """[B, H, W, C] (already padded) -> [B, Ho, Wo, len(oh) * len(ow) * C]: the view starting at
+  each (offset_h, offset_w), strided, concatenated along channels in (h, w, c) order."""
+  b, _, _, c = x.shape
+  (sh, sw), (ho, wo) = stride, out_hw
+  views = [jax.lax.slice(x, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
+                         (1, sh, sw, 1))
+           for i in offsets_h for j in offsets_w]
+  return views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+
+
+def conv_plan(h: int, w: int, cin: int, cout: int, k: tuple[int, int],
+              strides: tuple[int, int]) -> str:
+  """Which formulation of a 'SAME' conv is fastest on XLA:CPU for this shape (forward and
+  backward together), from per-layer timings on a 2-core AVX2 machine (README, Performance):
+    "im2col"  strided convs, 1x1 convs, and convs at 2x2 (or 4x4 with many channels), where the
+              stock conv emitter is up to 20x slower;
+    "taps"    3x3 convs at >= 16x16 with >= 38 channels: one matmul per kernel tap, summed, which
+              avoids im2col's 9x copy (1.4-1.6x faster than either other form there);
+    "xla"     the rest (few channels, or 8x8): the stock conv wins there."""
+  pixels = h * w
+  if k == (1, 1) and strides == (1, 1):
+    return "im2col"  # a plain matmul
+  if strides != (1, 1) or pixels <= 4 or (pixels <= 16 and cin * cout >= 152 * 152):
+    return "im2col"
+  if min(h, w) >= 16 and min(cin, cout) >= 38:
+    return "taps"
+  return "xla"
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+           plan: str = "im2col") -> jax.Array:
+  """'SAME' conv. x [B, H, W, Cin], kernel [kh, kw, Cin, Cout] -> [B, ceil(H / sh),
+  ceil(W / sw), Cout]; `plan` is a formulation from `conv_plan`, all give the same result."""
+  b, h, w, _ = x.shape
+  kh, kw, cin, cout = kernel.shape
+  (sh, sw) = strides
+  if plan == "xla":
+    return jax.lax.conv_general_dilated(x, kernel, strides, "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  ph, pw = _same_padding(h, kh, sh), _same_padding(w, kw, sw)
+  ho, wo = -(-h // sh), -(-w // sw)
+  if kh == kw == 1 and sh == sw == 1:
+    return (x.reshape(b * h * w, cin) @ kernel.reshape(cin, cout)).reshape(b, h, w, cout)
+  xp = jnp.pad(x, ((0, 0), ph, pw, (0, 0)))
+  if plan == "taps":
+    y = None
+    for i in range(kh):
+      for j in range(kw):
+        view = _patches(xp, [i], [j], strides, (ho, wo)).reshape(b * ho * wo, cin)
+        term = view @ kernel[i, j]
+        y = term if y is None else y + term
+    return y.reshape(b, ho, wo, cout)
+  cols = _patches(xp, range(kh), range(kw), strides, (ho, wo))
+  return (cols.reshape(b * ho * wo, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)
+          ).reshape(b, ho, wo, cout)
+
+
+@functools.lru_cache(maxsize=None)
+def _phase_taps(k: int, s: int) -> tuple[int, np.ndarray]:
+  """For lax.conv_transpose(padding='SAME', transpose_kernel=False) along one axis: output
+  o = s*i + a reads input i + d through kernel tap t when (a + t - pad) = s*d.
+  Returns (d_min, select[n_offsets, s, k]) with select[d - d_min, a, t] = 1 for those triples."""
+  pad_len = k + s - 2
+  pad = k - 1 if s > k - 1 else -(-pad_len // 2)  # lax's _conv_transpose_padding for 'SAME'
+  triples = [(a, t, (a + t - pad) // s) for a in range(s) for t in range(k)
+             if (a + t - pad) % s == 0]
+  ds = [d for _, _, d in triples]
+  d_min, n = min(ds), max(ds) - min(ds) + 1
+  select = np.zeros((n, s, k), np.float32)
+  for a, t, d in triples:
+    select[d - d_min, a, t] = 1.0
+  return d_min, select
+
+
+def conv_transpose2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
+  """'SAME' transposed conv (lax semantics, kernel not flipped) as one matmul + depth-to-space.
+  x [B, H, W, Cin], kernel [kh, kw, Cin, Cout] -> [B, H * sh, W * sw, Cout]."""
+  b, h, w, _ = x.shape
+  kh, kw, cin, cout = kernel.shape
+  sh, sw = strides
+  dh, sel_h = _phase_taps(kh, sh)
+  dw, sel_w = _phase_taps(kw, sw)
+  nh, nw = sel_h.shape[0], sel_w.shape[0]
+  # [nh, nw, Cin, sh, sw, Cout]: the weight of input offset (p, q) for output phase (a, b).
+  weight = jnp.einsum("pat,qbu,tuio->pqiabo", sel_h.astype(kernel.dtype),
+                      sel_w.astype(kernel.dtype), kernel)
+  pad_h = (max(-dh, 0), max(dh + nh - 1, 0))
+  pad_w = (max(-dw, 0), max(dw + nw - 1, 0))
+  if nh == nw == 1 and dh == dw == 0:
+    cols = x
+  else:
+    xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+    cols = _patches(xp, [dh + pad_h[0] + p for p in range(nh)],
+                    [dw + pad_w[0] + q for q in range(nw)], (1, 1), (h, w))
+  y = cols.reshape(b * h * w, nh * nw * cin) @ weight.reshape(nh * nw * cin, sh * sw * cout)
+  y = y.reshape(b, h, w, sh, sw, cout).transpose(0, 1, 3, 2, 4, 5)
+  return y.reshape(b, h * sh, w * sw, cout)
+
+
+def _check_supported(layer, kind: str) -> None:
+  strides = layer.strides if isinstance(layer.strides, tuple) else (layer.strides or 1,) * 2
+  if (layer.padding != "SAME" or layer.kernel_dilation not in (1, (1, 1), None)
+      or getattr(layer, "feature_group_count", 1) != 1 or layer.mask is not None
+      or len(layer.kernel_size) != 2 or len(strides) != 2):
+    raise ValueError(f"the matmul {kind} supports 2-D 'SAME' convs without dilation, groups or "
+                     "masks; build this layer with impl='xla'.")
+
+
+def _strides(layer) -> tuple[int, int]:
+  s = layer.strides
+  if s is None:
+    return (1, 1)
+  return (s, s) if isinstance(s, int) else tuple(s)
+
+
+class Conv(nnx.Conv):
+  """`nnx.Conv` with `impl` ("auto" | "xla" | "matmul"); same parameters."""
+
+  def __init__(self, *args, impl: str = "auto", **kwargs):
+    super().__init__(*args, **kwargs)
+    self.impl = resolve(impl)
+    if self.impl == "matmul":
+      _check_supported(self, "conv")
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    if self.impl == "xla":
+      return super().__call__(inputs)
+    x, kernel, bias = self.promote_dtype((inputs, self.kernel[...], self.bias[...]),
+                                         dtype=self.dtype)
+    strides = _strides(self)
+    plan = conv_plan(*x.shape[1:], kernel.shape[-1], tuple(self.kernel_size), strides)
+    return conv2d(x, kernel, strides, plan) + bias
+
+
+class ConvTranspose(nnx.ConvTranspose):
+  """`nnx.ConvTranspose` with `impl` ("auto" | "xla" | "matmul"); same parameters."""
+
+  def __init__(self, *args, impl: str = "auto", **kwargs):
+    super().__init__(*args, **kwargs)
+    self.impl = resolve(impl)
+    if self.impl == "matmul":
+      if self.transpose_kernel:
+        raise ValueError("the matmul transposed conv follows transpose_kernel=False.")
+      _check_supported(self, "transposed conv")
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    if self.impl == "xla":
+      return super().__call__(inputs)
+    x, kernel, bias = self.promote_dtype((inputs, self.kernel[...], self.bias[...]),
+                                         dtype=self.dtype)
+    return conv_transpose2d(x, kernel, _strides(self)) + bias
