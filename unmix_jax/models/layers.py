@@ -5,20 +5,22 @@ output is computed, so parameter names, shapes and initialisation are identical:
 written with one formulation restores into the other.
 
 `impl`:
-  "xla"     `lax.conv_general_dilated` / `lax.conv_transpose` (right for GPU/TPU, cuDNN).
-  "matmul"  every conv as one matrix product. On XLA:CPU the stock convolution emitter is slow,
-            above all for weight gradients and for the lhs-dilated convolutions that strided and
-            transposed convs turn into in the backward pass; dots go to a tuned GEMM.
-  "auto"    "matmul" on the CPU backend, "xla" elsewhere (resolved when the layer is built).
+  "xla"   `lax.conv_general_dilated` / `lax.conv_transpose` (right for GPU/TPU and cuDNN).
+  "cpu"   a formulation per layer shape (`conv_plan`): XLA:CPU's stock conv emitter is slow for
+          weight gradients, for the lhs-dilated convolutions that strided and transposed convs
+          become in the backward pass, and for many channels at tiny resolutions, while dots go
+          to a tuned GEMM.
+  "auto"  "cpu" on the CPU backend, "xla" elsewhere (resolved when the layer is built).
 
-The matmul forms (NHWC, 'SAME' padding as lax defines it, no dilation or groups):
-  conv           gather the kh*kw shifted (and strided) views of the padded input along channels
-                 (im2col) -> [B*Ho*Wo, kh*kw*Cin] @ kernel.reshape(kh*kw*Cin, Cout).
-  transposed     stride s splits the output into s*s phases; each phase is an ordinary conv of
-                 the input with a subset of the kernel's taps at small offsets. One product of
-                 the input's im2col over those offsets with a [n*n*Cin, s*s*Cout] weight built from
-                 the kernel (zeros where a tap does not reach a phase), then depth-to-space. For
-                 the U-Net's 2x2 stride-2 up-sampling the offsets are {0}: a plain matmul.
+The matrix-product forms (NHWC, 'SAME' padding as lax defines it, no dilation or groups):
+  im2col       gather the kh*kw shifted (and strided) views of the padded input along channels
+               -> [B*Ho*Wo, kh*kw*Cin] @ kernel.reshape(kh*kw*Cin, Cout).
+  taps         sum over taps of view_t @ kernel[t]: no im2col copy, K = Cin per product.
+  transposed   stride s splits the output into s*s phases; each phase is an ordinary conv of
+               the input with a subset of the kernel's taps at small offsets. One product of the
+               input's im2col over those offsets with a [n*n*Cin, s*s*Cout] weight built from the
+               kernel (zeros where a tap does not reach a phase), then depth-to-space. For the
+               U-Net's 2x2 stride-2 up-sampling the offsets are {0}: a plain matmul.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-IMPLS = ("auto", "xla", "matmul")
+IMPLS = ("auto", "xla", "cpu")
 
 
 def resolve(impl: str) -> str:
@@ -39,7 +41,7 @@ def resolve(impl: str) -> str:
     raise ValueError(f"config.train.conv_impl={impl!r} is not known; choose one of "
                      f"{', '.join(IMPLS)}.")
   if impl == "auto":
-    return "matmul" if jax.default_backend() == "cpu" else "xla"
+    return "cpu" if jax.default_backend() == "cpu" else "xla"
   return impl
 
 
@@ -156,8 +158,8 @@ def _check_supported(layer, kind: str) -> None:
   if (layer.padding != "SAME" or layer.kernel_dilation not in (1, (1, 1), None)
       or getattr(layer, "feature_group_count", 1) != 1 or layer.mask is not None
       or len(layer.kernel_size) != 2 or len(strides) != 2):
-    raise ValueError(f"the matmul {kind} supports 2-D 'SAME' convs without dilation, groups or "
-                     "masks; build this layer with impl='xla'.")
+    raise ValueError(f"conv_impl='cpu' {kind}s support 2-D 'SAME' convs without dilation, "
+                     "groups or masks; build this layer with impl='xla'.")
 
 
 def _strides(layer) -> tuple[int, int]:
@@ -168,12 +170,12 @@ def _strides(layer) -> tuple[int, int]:
 
 
 class Conv(nnx.Conv):
-  """`nnx.Conv` with `impl` ("auto" | "xla" | "matmul"); same parameters."""
+  """`nnx.Conv` with `impl` ("auto" | "xla" | "cpu"); same parameters."""
 
   def __init__(self, *args, impl: str = "auto", **kwargs):
     super().__init__(*args, **kwargs)
     self.impl = resolve(impl)
-    if self.impl == "matmul":
+    if self.impl == "cpu":
       _check_supported(self, "conv")
 
   def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -187,14 +189,14 @@ class Conv(nnx.Conv):
 
 
 class ConvTranspose(nnx.ConvTranspose):
-  """`nnx.ConvTranspose` with `impl` ("auto" | "xla" | "matmul"); same parameters."""
+  """`nnx.ConvTranspose` with `impl` ("auto" | "xla" | "cpu"); same parameters."""
 
   def __init__(self, *args, impl: str = "auto", **kwargs):
     super().__init__(*args, **kwargs)
     self.impl = resolve(impl)
-    if self.impl == "matmul":
+    if self.impl == "cpu":
       if self.transpose_kernel:
-        raise ValueError("the matmul transposed conv follows transpose_kernel=False.")
+        raise ValueError("conv_impl='cpu' transposed convs follow transpose_kernel=False.")
       _check_supported(self, "transposed conv")
 
   def __call__(self, inputs: jax.Array) -> jax.Array:

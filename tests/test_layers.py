@@ -1,0 +1,192 @@
+"""The CPU formulations of the conv layers against the stock Flax / lax layers."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import ae, unet, vae
+from tests.conftest import ROOT
+from unmix_jax import checkpoint, models, train
+from unmix_jax.models import layers
+
+CONFIGS = {"unet": unet, "ae": ae, "vae": vae}
+
+
+def rel_err(a, b) -> float:
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def value_and_grads(f, x, kernel):
+  """f(x, kernel) and the gradients of a random projection of it, w.r.t. both inputs."""
+  y = f(x, kernel)
+  probe = jax.random.normal(jax.random.PRNGKey(9), y.shape)
+  grads = jax.grad(lambda x, k: jnp.sum(f(x, k) * probe), argnums=(0, 1))(x, kernel)
+  return y, grads
+
+
+def stock_conv(strides):
+  return lambda x, k: jax.lax.conv_general_dilated(x, k, strides, "SAME",
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def stock_conv_transpose(strides):
+  return lambda x, k: jax.lax.conv_transpose(x, k, strides, "SAME",
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize("plan", ["im2col", "taps", "xla"])
+@pytest.mark.parametrize("k,s", [(3, 1), (3, 2), (1, 1), (2, 2)])
+@pytest.mark.parametrize("hw", [1, 2, 5, 8, 9])
+def test_conv_plans_equal_lax_conv_in_value_and_gradient(plan, k, s, hw):
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, hw, hw + 1, 5))
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (k, k, 5, 7))
+  got = value_and_grads(lambda x, w: layers.conv2d(x, w, (s, s), plan), x, kernel)
+  want = value_and_grads(stock_conv((s, s)), x, kernel)
+  assert got[0].shape == want[0].shape
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert rel_err(a, b) <= 1e-5
+
+
+@pytest.mark.parametrize("k,s", [(2, 2), (3, 2), (3, 1), (4, 2), (3, 3)])
+@pytest.mark.parametrize("hw", [1, 2, 4, 7])
+def test_transposed_conv_equals_lax_conv_transpose_in_value_and_gradient(k, s, hw):
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, hw, hw + 1, 6))
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (k, k, 6, 4))
+  got = value_and_grads(lambda x, w: layers.conv_transpose2d(x, w, (s, s)), x, kernel)
+  want = value_and_grads(stock_conv_transpose((s, s)), x, kernel)
+  assert got[0].shape == want[0].shape == (2, hw * s, (hw + 1) * s, 4)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert rel_err(a, b) <= 1e-5
+
+
+def test_the_plan_covers_every_formulation_on_the_default_unet_shapes():
+  plans = {layers.conv_plan(hw, hw, c, c, (3, 3), (1, 1))
+           for hw, c in [(32, 38), (8, 152), (2, 608)]}
+  assert plans == {"taps", "xla", "im2col"}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("preset", [None, "cpu", "smoke"])
+def test_every_layer_of_every_model_matches_the_stock_layer(name, preset):
+  """Each conv a model runs, at the shape it runs it (batch 2), in value and gradient."""
+  config = CONFIGS[name].get_config(preset)
+  model = models.build(config.model, 0, conv_impl="cpu")
+  shapes = []
+  for _, module in nnx.iter_graph(model):
+    if isinstance(module, (layers.Conv, layers.ConvTranspose)):
+      shapes.append(module)
+  assert shapes, "no conv layers found"
+  # Run the model once recording each layer's input shape.
+  inputs = {}
+  originals = {cls: cls.__call__ for cls in (layers.Conv, layers.ConvTranspose)}
+
+  def recorder(cls):
+    def call(self, x):
+      inputs[id(self)] = x.shape
+      return originals[cls](self, x)
+    return call
+
+  try:
+    for cls in originals:
+      cls.__call__ = recorder(cls)
+    model(jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 3)), train=False)
+  finally:
+    for cls, call in originals.items():
+      cls.__call__ = call
+  assert len(inputs) == len(shapes)
+  checked = set()
+  for layer in shapes:
+    strides = layers._strides(layer)
+    key = (type(layer), inputs[id(layer)], layer.kernel.shape, strides)
+    if key in checked:
+      continue
+    checked.add(key)
+    x = jax.random.normal(jax.random.PRNGKey(len(checked)), inputs[id(layer)])
+    kernel = layer.kernel[...]
+    if isinstance(layer, layers.ConvTranspose):
+      fast = lambda x, w: layers.conv_transpose2d(x, w, strides)
+      stock = stock_conv_transpose(strides)
+    else:
+      plan = layers.conv_plan(*x.shape[1:], kernel.shape[-1], tuple(layer.kernel_size), strides)
+      fast = lambda x, w, plan=plan: layers.conv2d(x, w, strides, plan)
+      stock = stock_conv(strides)
+    got, want = value_and_grads(fast, x, kernel), value_and_grads(stock, x, kernel)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      assert rel_err(a, b) <= 1e-5, key
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_both_implementations_have_the_same_parameters_and_outputs(name):
+  config = CONFIGS[name].get_config("cpu")
+  fast, stock = (models.build(config.model, 0, conv_impl=i) for i in ("cpu", "xla"))
+  p_fast, p_stock = nnx.state(fast, nnx.Param), nnx.state(stock, nnx.Param)
+  assert jax.tree.structure(p_fast) == jax.tree.structure(p_stock)
+  for a, b in zip(jax.tree.leaves(p_fast), jax.tree.leaves(p_stock)):
+    np.testing.assert_array_equal(a, b)  # same names, shapes and initial values
+  m = jax.random.uniform(jax.random.PRNGKey(0), (4, 32, 32, 3))
+  for a, b in zip(fast(m, train=False)[:2], stock(m, train=False)[:2]):
+    assert rel_err(a, b) <= 1e-5
+
+
+@pytest.mark.parametrize("saved_with,restored_with", [("xla", "cpu"), ("cpu", "xla")])
+def test_a_checkpoint_moves_between_implementations(tmp_path, saved_with, restored_with):
+  config = ae.get_config("smoke")  # BatchNorm statistics too
+  config.train.conv_impl = saved_with
+  tx = train.make_optimizer(config, 10)
+  graphdef, state = train.create_train_state(config, tx)
+  step = train.make_train_step(graphdef, config, tx)
+  images = jax.random.randint(jax.random.PRNGKey(0), (8, 32, 32, 3), 0, 256).astype(jnp.uint8)
+  idx = jnp.array([[0, 1], [2, 3], [4, 5], [6, 7]], jnp.int32)
+  key = jax.random.PRNGKey(0)
+  window = train.zero_window(graphdef, config, tx, state, images, idx, key)
+  for _ in range(3):
+    state, _ = step(state, window, images, idx, key)
+  ckpts = checkpoint.Checkpoints(str(tmp_path), keep=2)
+  ckpts.save(3, state, {"epoch": 1}, 0.1)
+  ckpts.close()
+
+  config.train.conv_impl = restored_with
+  graphdef2, fresh = train.create_train_state(config, tx)
+  ckpts = checkpoint.Checkpoints(str(tmp_path), keep=2)
+  restored, _ = ckpts.restore_latest(fresh)
+  ckpts.close()
+  m = images[:4].astype(jnp.float32) / 255
+  before = nnx.merge(graphdef, state.params, state.model_state)(m, train=False)
+  after = nnx.merge(graphdef2, restored.params, restored.model_state)(m, train=False)
+  for a, b in zip(after[:2], before[:2]):
+    assert rel_err(a, b) <= 1e-5
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_benchmark_runs_on_the_smoke_presets_and_prints_its_keys(name):
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.benchmark", f"--config=configs/{name}.py:smoke",
+       "--steps=2", "--repeats=2", "--warmup=1"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  for key in ("compile_s", "images_per_s_min", "images_per_s_median", "images_per_s_max",
+              "gflop_per_step", "gflop_per_s", "outside_step_share", "conv_impl"):
+    assert key in result, key
+  assert result["model"] == name and result["conv_impl"] == "cpu"
+  assert result["images_per_s_min"] <= result["images_per_s_median"] <= result["images_per_s_max"]
+  assert 0 <= result["outside_step_share"] < 1
+
+
+def test_benchmark_compares_with_pytorch_when_it_is_installed():
+  pytest.importorskip("torch")
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.benchmark", "--config=configs/ae.py:smoke",
+       "--steps=2", "--repeats=2", "--warmup=1", "--compare=torch"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result["torch_params"] == result["params"]  # the same network
+  assert result["jax_over_torch"] > 0
