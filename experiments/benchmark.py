@@ -3,10 +3,13 @@
   python -m experiments.benchmark --config=configs/unet.py
   python -m experiments.benchmark --config=configs/ae.py --compare=torch
   python -m experiments.benchmark --config=configs/unet.py --config.train.conv_impl=xla
+  python -m experiments.benchmark --config=configs/unet.py --layers
 
 Prints one JSON line: compile seconds, images/s (min / median / max over repeats), XLA FLOPs per
 step, achieved GFLOP/s, share of wall time outside the jitted step, and with --compare=torch the
-PyTorch reference's images/s and the ratio. Needs no dataset (random uint8 images).
+PyTorch reference's images/s and the ratio. With --layers: one JSON line per distinct conv of
+the model instead, forward + backward alone, stock lax conv vs the CPU formulation. Needs no
+dataset (random uint8 images).
 """
 
 import json
@@ -21,6 +24,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (min / median / max
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.")
 _COMPARE = flags.DEFINE_enum("compare", None, ["torch"],
                              "Also time the PyTorch reference, alternating with JAX.")
+_LAYERS = flags.DEFINE_bool("layers", False, "Time each conv layer alone, xla vs cpu forms.")
 
 
 def main(argv):
@@ -36,6 +40,10 @@ def main(argv):
       raise config_checks.ConfigError(
           f"--steps={_STEPS.value} and --repeats={_REPEATS.value} must be >= 1 and "
           f"--warmup={_WARMUP.value} >= 0.")
+    if _LAYERS.value:
+      for row in benchmark.layer_timings(config, _REPEATS.value):
+        print(json.dumps(row), flush=True)
+      return
     other = None
     if _COMPARE.value == "torch":
       from experiments import torch_reference

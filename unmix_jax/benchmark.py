@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unmix_jax import parallel, train
+from unmix_jax import models, parallel, train
 from unmix_jax.models import layers
 
 # Between JAX and PyTorch rounds: PyTorch's OpenMP workers spin for a while after each parallel
@@ -139,3 +139,61 @@ def measure(config, *, steps: int, repeats: int, warmup: int, other=None) -> dic
         out["images_per_s_median"] / out[f"{other.name}_images_per_s_median"], 3)
     out.update(other.describe())
   return out
+
+
+def conv_layers(config) -> list[tuple[str, tuple, tuple, tuple]]:
+  """(kind, input shape, kernel shape, strides) of every distinct conv the config's model runs,
+  at the config's batch size, in the order it runs them."""
+  model = models.build(config.model, config.seed, conv_impl="xla")
+  seen = []
+  originals = {cls: cls.__call__ for cls in (layers.Conv, layers.ConvTranspose)}
+
+  def recorder(cls):
+    def call(self, x):
+      entry = (cls.__name__, tuple(x.shape), tuple(self.kernel.shape), layers._strides(self))
+      if entry not in seen:
+        seen.append(entry)
+      return originals[cls](self, x)
+    return call
+
+  try:
+    for cls in originals:
+      cls.__call__ = recorder(cls)
+    m = jax.ShapeDtypeStruct((config.train.batch_size, 32, 32, 3), jnp.float32)
+    jax.eval_shape(lambda m: model(m, train=False)[:2], m)
+  finally:
+    for cls, call in originals.items():
+      cls.__call__ = call
+  return seen
+
+
+def layer_timings(config, repeats: int) -> list[dict]:
+  """Forward + backward (input and kernel gradients) of each conv layer alone, stock lax conv vs
+  the formulation `conv_impl='cpu'` picks for it: median milliseconds over `repeats` calls."""
+  rows = []
+  for kind, x_shape, k_shape, strides in conv_layers(config):
+    x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
+    kernel = jax.random.normal(jax.random.PRNGKey(1), k_shape) * 0.1
+    if kind == "ConvTranspose":
+      plan = "phase-matmul"
+      forms = {"xla": lambda x, w: jax.lax.conv_transpose(
+                   x, w, strides, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")),
+               plan: lambda x, w: layers.conv_transpose2d(x, w, strides)}
+    else:
+      plan = layers.conv_plan(*x_shape[1:], k_shape[-1], k_shape[:2], strides)
+      forms = {name: (lambda x, w, name=name: layers.conv2d(x, w, strides, name))
+               for name in {"xla", plan}}
+    ms = {}
+    for name, f in forms.items():
+      grad = jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), argnums=(0, 1)))
+      jax.block_until_ready(grad(x, kernel))
+      times = []
+      for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(grad(x, kernel))
+        times.append(time.perf_counter() - t0)
+      ms[name] = statistics.median(times) * 1e3
+    rows.append({"layer": kind, "input": list(x_shape), "kernel": list(k_shape),
+                 "strides": list(strides), "plan": plan, "xla_ms": round(ms["xla"], 2),
+                 "cpu_ms": round(ms[plan], 2), "speedup": round(ms["xla"] / ms[plan], 2)})
+  return rows
