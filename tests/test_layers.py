@@ -173,7 +173,8 @@ def test_benchmark_runs_on_the_smoke_presets_and_prints_its_keys(name):
   assert out.returncode == 0, out.stderr[-2000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
   for key in ("compile_s", "images_per_s_min", "images_per_s_median", "images_per_s_max",
-              "gflop_per_step", "gflop_per_s", "outside_step_share", "conv_impl"):
+              "gflop_per_step", "gflop_per_s", "model_gflop_per_s", "outside_step_share",
+              "conv_impl"):
     assert key in result, key
   assert result["model"] == name and result["conv_impl"] == "cpu"
   assert result["images_per_s_min"] <= result["images_per_s_median"] <= result["images_per_s_max"]
