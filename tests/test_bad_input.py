@@ -18,6 +18,7 @@ CASES = [
     (["--config.data.num_test_images=20000"], "config.data.num_test_images"),
     (["--config.data.num_train_pairs=490"], "num_train_pairs"),
     (["--config.data.num_test_pairs=500"], "config.data.num_test_pairs"),
+    (["--config.train.conv_impl=fast"], "config.train.conv_impl"),
 ]
 
 

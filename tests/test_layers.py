@@ -12,7 +12,7 @@ from flax import nnx
 
 from configs import ae, unet, vae
 from tests.conftest import ROOT
-from unmix_jax import checkpoint, models, train
+from unmix_jax import benchmark, checkpoint, models, train
 from unmix_jax.models import layers
 
 CONFIGS = {"unet": unet, "ae": ae, "vae": vae}
@@ -76,50 +76,21 @@ def test_the_plan_covers_every_formulation_on_the_default_unet_shapes():
 @pytest.mark.parametrize("preset", [None, "cpu", "smoke"])
 def test_every_layer_of_every_model_matches_the_stock_layer(name, preset):
   """Each conv a model runs, at the shape it runs it (batch 2), in value and gradient."""
-  config = CONFIGS[name].get_config(preset)
-  model = models.build(config.model, 0, conv_impl="cpu")
-  shapes = []
-  for _, module in nnx.iter_graph(model):
-    if isinstance(module, (layers.Conv, layers.ConvTranspose)):
-      shapes.append(module)
-  assert shapes, "no conv layers found"
-  # Run the model once recording each layer's input shape.
-  inputs = {}
-  originals = {cls: cls.__call__ for cls in (layers.Conv, layers.ConvTranspose)}
-
-  def recorder(cls):
-    def call(self, x):
-      inputs[id(self)] = x.shape
-      return originals[cls](self, x)
-    return call
-
-  try:
-    for cls in originals:
-      cls.__call__ = recorder(cls)
-    model(jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 3)), train=False)
-  finally:
-    for cls, call in originals.items():
-      cls.__call__ = call
-  assert len(inputs) == len(shapes)
-  checked = set()
-  for layer in shapes:
-    strides = layers._strides(layer)
-    key = (type(layer), inputs[id(layer)], layer.kernel.shape, strides)
-    if key in checked:
-      continue
-    checked.add(key)
-    x = jax.random.normal(jax.random.PRNGKey(len(checked)), inputs[id(layer)])
-    kernel = layer.kernel[...]
-    if isinstance(layer, layers.ConvTranspose):
+  shapes = benchmark.conv_layers(CONFIGS[name].get_config(preset), batch=2)
+  assert {kind for kind, *_ in shapes} == {"Conv", "ConvTranspose"}
+  for i, (kind, x_shape, k_shape, strides) in enumerate(shapes):
+    x = jax.random.normal(jax.random.PRNGKey(i), x_shape)
+    kernel = jax.random.normal(jax.random.PRNGKey(100 + i), k_shape)
+    if kind == "ConvTranspose":
       fast = lambda x, w: layers.conv_transpose2d(x, w, strides)
       stock = stock_conv_transpose(strides)
     else:
-      plan = layers.conv_plan(*x.shape[1:], kernel.shape[-1], tuple(layer.kernel_size), strides)
+      plan = layers.conv_plan(*x_shape[1:], k_shape[-1], k_shape[:2], strides)
       fast = lambda x, w, plan=plan: layers.conv2d(x, w, strides, plan)
       stock = stock_conv(strides)
     got, want = value_and_grads(fast, x, kernel), value_and_grads(stock, x, kernel)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-      assert rel_err(a, b) <= 1e-5, key
+      assert rel_err(a, b) <= 1e-5, (kind, x_shape, k_shape, strides)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -191,3 +162,12 @@ def test_benchmark_compares_with_pytorch_when_it_is_installed():
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result["torch_params"] == result["params"]  # the same network
   assert result["jax_over_torch"] > 0
+
+
+def test_benchmark_refuses_bad_counts_in_one_line():
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.benchmark", "--config=configs/ae.py:smoke",
+       "--repeats=0"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines()[-1].startswith("error: --steps=")
+  assert "Traceback" not in out.stderr

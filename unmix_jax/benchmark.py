@@ -160,9 +160,9 @@ def measure(config, *, steps: int, repeats: int, warmup: int, other=None) -> dic
   return out
 
 
-def conv_layers(config) -> list[tuple[str, tuple, tuple, tuple]]:
+def conv_layers(config, batch: int | None = None) -> list[tuple[str, tuple, tuple, tuple]]:
   """(kind, input shape, kernel shape, strides) of every distinct conv the config's model runs,
-  at the config's batch size, in the order it runs them."""
+  at `batch` (default: the config's batch size), in the order it runs them."""
   model = models.build(config.model, config.seed, conv_impl="xla")
   seen = []
   originals = {cls: cls.__call__ for cls in (layers.Conv, layers.ConvTranspose)}
@@ -178,7 +178,7 @@ def conv_layers(config) -> list[tuple[str, tuple, tuple, tuple]]:
   try:
     for cls in originals:
       cls.__call__ = recorder(cls)
-    m = jax.ShapeDtypeStruct((config.train.batch_size, 32, 32, 3), jnp.float32)
+    m = jax.ShapeDtypeStruct((batch or config.train.batch_size, 32, 32, 3), jnp.float32)
     jax.eval_shape(lambda m: model(m, train=False)[:2], m)
   finally:
     for cls, call in originals.items():
