@@ -101,28 +101,32 @@ def compare_reconstructions(path: str, m, x1, x2, outputs: list, title: str = ""
     axes[r, 0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
   if title:
     fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
+  # Keep ~0.35 inch on top for the title; tight_layout alone lets it overlap the first row.
+  fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
   fig.savefig(path, dpi=100)
   plt.close(fig)
 
 
 def compare_curves(path: str, runs: dict, title: str = "") -> None:
-  """Val and test MSE (better assignment, clipped) against step for several runs, with the
-  mixture baseline's test MSE dashed. runs: {label: metrics.jsonl records}."""
+  """Val and test MSE (better assignment, clipped) against step for several runs, each panel
+  with the mixture baseline's MSE on its own pairs dashed. runs: {label: metrics.jsonl records}."""
   fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-  baseline = None
+  baselines = {}
   for i, (label, records) in enumerate(runs.items()):
     color = f"C{i}"
     for ax, split in zip(axes, ("val", "test")):
       rows = [r for r in records if r["split"] == split]
       ax.plot([r["step"] for r in rows], [r["mse"] for r in rows], "o-", ms=3, color=color,
               label=label)
-      if split == "test" and rows:
-        baseline = rows[-1]["baseline_mse"]
-  for ax, split in zip(axes, ("val (seen images)", "test (unseen images)")):
-    if baseline is not None:
-      ax.axhline(baseline, color="gray", ls="--", label="mixture baseline (test)")
-    ax.set(title=split, xlabel="step", ylabel="MSE, better assignment")
+      if rows:
+        baselines[split] = rows[-1]["baseline_mse"]  # the same pairs for every run
+  for ax, split, name in zip(axes, ("val", "test"), ("val (seen images)", "test (unseen images)")):
+    if split in baselines:
+      line = ax.axhline(baselines[split], color="gray", ls="--",
+                        label=f"mixture baseline ({split})")
+      if split == "val":
+        ax.legend(handles=[line], fontsize=7)
+    ax.set(title=name, xlabel="step", ylabel="MSE, better assignment")
     ax.grid(alpha=0.3)
   axes[1].legend(fontsize=7)
   if title:
