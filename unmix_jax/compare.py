@@ -140,7 +140,9 @@ CIFAR-10 test images; val = {n_val} held-out pairs of the training images (seen 
 MSE under the better assignment; PSNR per image, then averaged; SSIM per image (dm-pix, 11x11
 Gaussian window), averaged; outputs clipped to [0, 1]. Brackets: {evaluation.NUM_BOOTSTRAP}-resample
 percentile bootstrap 95% intervals over pairs; the gain is bootstrapped on per-pair differences.
-Train seconds and images/s are the last training process's (a resumed run reports its last leg).
+Train seconds: wall time of the training loop (compile, per-epoch evaluation and checkpoints
+included, data loading not); images/s: training steps only. Both are the last training
+process's (a resumed run reports its last leg).
 
 {report_table(rows)}
 
