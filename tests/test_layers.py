@@ -67,7 +67,7 @@ def test_transposed_conv_equals_lax_conv_transpose_in_value_and_gradient(k, s, h
 
 
 def test_the_plan_covers_every_formulation_on_the_default_unet_shapes():
-  plans = {layers.conv_plan(hw, hw, c, c, (3, 3), (1, 1))
+  plans = {layers.conv_plan((64, hw, hw, c), (3, 3, c, c), (1, 1))
            for hw, c in [(32, 38), (8, 152), (2, 608)]}
   assert plans == {"taps", "xla", "im2col"}
 
@@ -85,7 +85,7 @@ def test_every_layer_of_every_model_matches_the_stock_layer(name, preset):
       fast = lambda x, w: layers.conv_transpose2d(x, w, strides)
       stock = stock_conv_transpose(strides)
     else:
-      plan = layers.conv_plan(*x_shape[1:], k_shape[-1], k_shape[:2], strides)
+      plan = layers.conv_plan(x_shape, k_shape, strides)
       fast = lambda x, w, plan=plan: layers.conv2d(x, w, strides, plan)
       stock = stock_conv(strides)
     got, want = value_and_grads(fast, x, kernel), value_and_grads(stock, x, kernel)
@@ -171,3 +171,12 @@ def test_benchmark_refuses_bad_counts_in_one_line():
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1].startswith("error: --steps=")
   assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("cls,k,s", [(layers.Conv, 3, 1), (layers.ConvTranspose, 2, 2)])
+def test_layers_without_bias_match_the_stock_layer(cls, k, s):
+  kw = dict(strides=(s, s), use_bias=False)
+  fast = cls(4, 6, (k, k), impl="cpu", rngs=nnx.Rngs(0), **kw)
+  stock = cls(4, 6, (k, k), impl="xla", rngs=nnx.Rngs(0), **kw)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, 4))
+  assert rel_err(fast(x), stock(x)) <= 1e-5

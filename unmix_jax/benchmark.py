@@ -46,8 +46,8 @@ class JaxStep:
   and `run_resident(n)` times n steps on batches already on the device."""
 
   def __init__(self, config):
-    self.config = config
     self.batch = config.train.batch_size
+    self.conv_impl = layers.resolve(config.train.conv_impl)
     tx = train.make_optimizer(config, total_steps=10_000)
     graphdef, state = train.create_train_state(config, tx)
     self.mesh = parallel.make_mesh()
@@ -55,30 +55,26 @@ class JaxStep:
     images, self.order = synthetic_batches(config)
     self.images = parallel.replicate(images, self.mesh)
     self.key = jax.random.PRNGKey(config.seed)
-    self.window = train.zero_window(graphdef, config, tx, self.state, self.images,
-                                    self._idx(0), self.key)
+    sample = self._idx(0)
+    self.window = train.zero_window(graphdef, config, tx, self.state, self.images, sample,
+                                    self.key)
     step = train.make_train_step(graphdef, config, tx)
     t0 = time.perf_counter()
-    self.step = step.lower(self.state, self.window, self.images, self._idx(0), self.key).compile()
+    self.step = step.lower(self.state, self.window, self.images, sample, self.key).compile()
     self.compile_seconds = time.perf_counter() - t0
     self.flops = flops_of(self.step)
     self.model_flops = self.flops
-    if self.conv_impl_of(config) != "xla":
+    if self.conv_impl != "xla":
       # The matrix-product forms multiply some zeros (padding taps at tiny resolutions, kernel
       # taps a transposed-conv phase does not use): count the network's FLOPs as stock convs.
       stock = config.copy_and_resolve_references()
       stock.train.conv_impl = "xla"
       graphdef_x, state_x = train.create_train_state(stock, tx)
       lowered = train.make_train_step(graphdef_x, stock, tx).lower(
-          state_x, self.window, self.images, self._idx(0), self.key)
+          state_x, self.window, self.images, sample, self.key)
       self.model_flops = flops_of(lowered)
     self.params = train.count_params(state.params)
-    self.conv_impl = self.conv_impl_of(config)
     self._i = 0
-
-  @staticmethod
-  def conv_impl_of(config) -> str:
-    return layers.resolve(config.train.conv_impl)
 
   def _idx(self, i: int):
     start = (i * self.batch) % (len(self.order) - self.batch + 1)
@@ -199,7 +195,7 @@ def layer_timings(config, repeats: int) -> list[dict]:
                    x, w, strides, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")),
                plan: lambda x, w: layers.conv_transpose2d(x, w, strides)}
     else:
-      plan = layers.conv_plan(*x_shape[1:], k_shape[-1], k_shape[:2], strides)
+      plan = layers.conv_plan(x_shape, k_shape, strides)
       forms = {name: (lambda x, w, name=name: layers.conv2d(x, w, strides, name))
                for name in {"xla", plan}}
     ms = {}

@@ -64,17 +64,20 @@ def _patches(x: jax.Array, offsets_h, offsets_w, stride: tuple[int, int],
   return views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
 
 
-def conv_plan(h: int, w: int, cin: int, cout: int, k: tuple[int, int],
-              strides: tuple[int, int]) -> str:
-  """Which formulation of a 'SAME' conv is fastest on XLA:CPU for this shape (forward and
-  backward together), from per-layer timings on a 2-core AVX2 machine (README, Performance):
+def conv_plan(x_shape, kernel_shape, strides: tuple[int, int]) -> str:
+  """Which formulation of a 'SAME' conv of input [B, H, W, Cin] with kernel [kh, kw, Cin, Cout]
+  is fastest on XLA:CPU (forward and backward together), from per-layer timings on a 2-core AVX2
+  machine (README, Performance):
     "im2col"  strided convs, 1x1 convs, and convs at 2x2 (or 4x4 with many channels), where the
               stock conv emitter is up to 20x slower;
     "taps"    3x3 convs at >= 16x16 with >= 38 channels: one matmul per kernel tap, summed, which
               avoids im2col's 9x copy (1.4-1.6x faster than either other form there);
     "xla"     the rest (few channels, or 8x8): the stock conv wins there."""
+  _, h, w, _ = x_shape
+  kh, kw, cin, cout = kernel_shape
+  strides = tuple(strides)
   pixels = h * w
-  if k == (1, 1) and strides == (1, 1):
+  if (kh, kw) == (1, 1) and strides == (1, 1):
     return "im2col"  # a plain matmul
   if strides != (1, 1) or pixels <= 4 or (pixels <= 16 and cin * cout >= 152 * 152):
     return "im2col"
@@ -154,10 +157,9 @@ def conv_transpose2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) 
 
 
 def _check_supported(layer, kind: str) -> None:
-  strides = layer.strides if isinstance(layer.strides, tuple) else (layer.strides or 1,) * 2
   if (layer.padding != "SAME" or layer.kernel_dilation not in (1, (1, 1), None)
       or getattr(layer, "feature_group_count", 1) != 1 or layer.mask is not None
-      or len(layer.kernel_size) != 2 or len(strides) != 2):
+      or len(layer.kernel_size) != 2 or len(_strides(layer)) != 2):
     raise ValueError(f"conv_impl='cpu' {kind}s support 2-D 'SAME' convs without dilation, "
                      "groups or masks; build this layer with impl='xla'.")
 
@@ -167,6 +169,13 @@ def _strides(layer) -> tuple[int, int]:
   if s is None:
     return (1, 1)
   return (s, s) if isinstance(s, int) else tuple(s)
+
+
+def _operands(layer, inputs: jax.Array):
+  """(x, kernel, bias) in the layer's compute dtype, as the Flax layers promote them; bias is
+  0 for a layer built with use_bias=False."""
+  bias = layer.bias[...] if layer.bias is not None else jnp.zeros((), layer.param_dtype)
+  return layer.promote_dtype((inputs, layer.kernel[...], bias), dtype=layer.dtype)
 
 
 class Conv(nnx.Conv):
@@ -181,11 +190,9 @@ class Conv(nnx.Conv):
   def __call__(self, inputs: jax.Array) -> jax.Array:
     if self.impl == "xla":
       return super().__call__(inputs)
-    x, kernel, bias = self.promote_dtype((inputs, self.kernel[...], self.bias[...]),
-                                         dtype=self.dtype)
+    x, kernel, bias = _operands(self, inputs)
     strides = _strides(self)
-    plan = conv_plan(*x.shape[1:], kernel.shape[-1], tuple(self.kernel_size), strides)
-    return conv2d(x, kernel, strides, plan) + bias
+    return conv2d(x, kernel, strides, conv_plan(x.shape, kernel.shape, strides)) + bias
 
 
 class ConvTranspose(nnx.ConvTranspose):
@@ -202,6 +209,5 @@ class ConvTranspose(nnx.ConvTranspose):
   def __call__(self, inputs: jax.Array) -> jax.Array:
     if self.impl == "xla":
       return super().__call__(inputs)
-    x, kernel, bias = self.promote_dtype((inputs, self.kernel[...], self.bias[...]),
-                                         dtype=self.dtype)
+    x, kernel, bias = _operands(self, inputs)
     return conv_transpose2d(x, kernel, _strides(self)) + bias
