@@ -69,9 +69,9 @@ def conv_plan(x_shape, kernel_shape, strides: tuple[int, int]) -> str:
   is fastest on XLA:CPU (forward and backward together), from per-layer timings on a 2-core AVX2
   machine (README, Performance):
     "im2col"  strided convs, 1x1 convs, and convs at 2x2 (or 4x4 with many channels), where the
-              stock conv emitter is up to 20x slower;
+              stock conv emitter is up to 23x slower;
     "taps"    3x3 convs at >= 16x16 with >= 38 channels: one matmul per kernel tap, summed, which
-              avoids im2col's 9x copy (1.4-1.6x faster than either other form there);
+              avoids im2col's 9x copy (1.3-1.5x faster than stock, 9-26% than im2col);
     "xla"     the rest (few channels, or 8x8): the stock conv wins there."""
   _, h, w, _ = x_shape
   kh, kw, cin, cout = kernel_shape
