@@ -3,12 +3,13 @@
   python -m experiments.benchmark --config=configs/unet.py
   python -m experiments.benchmark --config=configs/ae.py --compare=torch
   python -m experiments.benchmark --config=configs/unet.py --config.train.conv_impl=xla
-  python -m experiments.benchmark --config=configs/unet.py --layers
+  python -m experiments.benchmark --config=configs/unet.py --layers [--compare=torch]
 
 Prints one JSON line: compile seconds, images/s (min / median / max over repeats), XLA FLOPs per
 step, achieved GFLOP/s, share of wall time outside the jitted step, and with --compare=torch the
 PyTorch reference's images/s and the ratio. With --layers: one JSON line per distinct conv of
-the model instead, forward + backward alone, stock lax conv vs the CPU formulation. Needs no
+the model instead, forward + backward alone, stock lax conv vs the CPU formulation (and the same
+layer in PyTorch with --compare=torch). Needs no
 dataset (random uint8 images).
 """
 
@@ -40,14 +41,15 @@ def main(argv):
       raise config_checks.ConfigError(
           f"--steps={_STEPS.value} and --repeats={_REPEATS.value} must be >= 1 and "
           f"--warmup={_WARMUP.value} >= 0.")
-    if _LAYERS.value:
-      for row in benchmark.layer_timings(config, _REPEATS.value):
-        print(json.dumps(row), flush=True)
-      return
-    other = None
+    torch_reference = None
     if _COMPARE.value == "torch":
       from experiments import torch_reference
-      other = torch_reference.load(config)
+    if _LAYERS.value:
+      torch_layer = torch_reference.layer_step if torch_reference else None
+      for row in benchmark.layer_timings(config, _REPEATS.value, torch_layer):
+        print(json.dumps(row), flush=True)
+      return
+    other = torch_reference.load(config) if torch_reference else None
     result = benchmark.measure(config, steps=_STEPS.value, repeats=_REPEATS.value,
                                warmup=_WARMUP.value, other=other)
   print(json.dumps(result), flush=True)

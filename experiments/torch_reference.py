@@ -159,5 +159,29 @@ class TorchStep:
             "torch_params": self.params, "torch_mode": "eager, channels_last, float32"}
 
 
+def layer_step(kind: str, x_shape, kernel_shape, strides):
+  """A callable running forward + backward (input and weight gradients) of one conv layer the
+  size of ours: x [B, H, W, Cin] and kernel [kh, kw, Cin, Cout] as in JAX, channels_last here.
+  Padding k // 2 (transposed: output s * H), which matches 'SAME' in output size and FLOPs."""
+  b, h, w, cin = x_shape
+  kh, kw, _, cout = kernel_shape
+  pad = ((kh - 1) // 2, (kw - 1) // 2)
+  if kind == "ConvTranspose":
+    out_pad = tuple(s - k + 2 * p for s, k, p in zip(strides, (kh, kw), pad))
+    layer = nn.ConvTranspose2d(cin, cout, (kh, kw), tuple(strides), pad, out_pad)
+  else:
+    layer = nn.Conv2d(cin, cout, (kh, kw), tuple(strides), pad)
+  layer = layer.to(memory_format=torch.channels_last)
+  x = torch.randn(b, cin, h, w).to(memory_format=torch.channels_last).requires_grad_(True)
+
+  def run():
+    x.grad = None
+    layer.zero_grad(set_to_none=True)
+    y = layer(x)
+    (y ** 2).sum().backward()
+    return tuple(y.shape)  # [B, Cout, Ho, Wo]
+  return run
+
+
 def load(config) -> TorchStep:
   return TorchStep(config)

@@ -164,6 +164,42 @@ def test_benchmark_compares_with_pytorch_when_it_is_installed():
   assert result["jax_over_torch"] > 0
 
 
+def test_layer_timings_cover_every_conv_of_the_model():
+  config = ae.get_config("smoke")
+  rows = benchmark.layer_timings(config, repeats=1)
+  assert [(r["layer"], tuple(r["input"]), tuple(r["kernel"])) for r in rows] == [
+      (kind, x, k) for kind, x, k, _ in benchmark.conv_layers(config)]
+  for row in rows:
+    assert row["xla_ms"] > 0 and row["cpu_ms"] > 0 and "torch_ms" not in row
+    assert row["plan"] in {"xla", "im2col", "taps", "phase-matmul"}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_pytorch_layers_have_the_output_shapes_of_ours(name):
+  """--layers --compare=torch times PyTorch layers of the same size: same output shape as the
+  JAX layer (so the same FLOPs) for every conv of every preset."""
+  pytest.importorskip("torch")
+  from experiments import torch_reference
+  for preset in (None, "cpu", "smoke"):
+    for kind, x_shape, k_shape, strides in benchmark.conv_layers(
+        CONFIGS[name].get_config(preset), batch=2):
+      x, kernel = jnp.zeros(x_shape), jnp.zeros(k_shape)
+      if kind == "ConvTranspose":
+        y = layers.conv_transpose2d(x, kernel, strides)
+      else:
+        y = layers.conv2d(x, kernel, strides, "xla")
+      b, h, w, c = y.shape
+      assert torch_reference.layer_step(kind, x_shape, k_shape, strides)() == (b, c, h, w), (
+          kind, x_shape, k_shape, strides)
+
+
+def test_layer_timings_beside_pytorch():
+  pytest.importorskip("torch")
+  from experiments import torch_reference
+  rows = benchmark.layer_timings(unet.get_config("smoke"), 1, torch_reference.layer_step)
+  assert rows and all(r["torch_ms"] > 0 and r["jax_over_torch"] > 0 for r in rows)
+
+
 def test_benchmark_refuses_bad_counts_in_one_line():
   out = subprocess.run(
       [sys.executable, "-m", "experiments.benchmark", "--config=configs/ae.py:smoke",

@@ -182,9 +182,11 @@ def conv_layers(config, batch: int | None = None) -> list[tuple[str, tuple, tupl
   return seen
 
 
-def layer_timings(config, repeats: int) -> list[dict]:
+def layer_timings(config, repeats: int, torch_layer=None) -> list[dict]:
   """Forward + backward (input and kernel gradients) of each conv layer alone, stock lax conv vs
-  the formulation `conv_impl='cpu'` picks for it: median milliseconds over `repeats` calls."""
+  the formulation `conv_impl='cpu'` picks for it: median milliseconds over `repeats` calls.
+  `torch_layer(kind, x_shape, kernel_shape, strides)` (the PyTorch reference's `layer_step`)
+  adds the same layer in PyTorch; the forms' calls alternate so all see the same machine."""
   rows = []
   for kind, x_shape, k_shape, strides in conv_layers(config):
     x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
@@ -198,17 +200,25 @@ def layer_timings(config, repeats: int) -> list[dict]:
       plan = layers.conv_plan(x_shape, k_shape, strides)
       forms = {name: (lambda x, w, name=name: layers.conv2d(x, w, strides, name))
                for name in {"xla", plan}}
-    ms = {}
+    calls = {}
     for name, f in forms.items():
       grad = jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), argnums=(0, 1)))
-      jax.block_until_ready(grad(x, kernel))
-      times = []
-      for _ in range(repeats):
+      calls[name] = lambda grad=grad: jax.block_until_ready(grad(x, kernel))
+    if torch_layer is not None:
+      calls["torch"] = torch_layer(kind, x_shape, k_shape, strides)
+    for call in calls.values():
+      call()  # compile / warm up
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+      for name, call in calls.items():
         t0 = time.perf_counter()
-        jax.block_until_ready(grad(x, kernel))
-        times.append(time.perf_counter() - t0)
-      ms[name] = statistics.median(times) * 1e3
-    rows.append({"layer": kind, "input": list(x_shape), "kernel": list(k_shape),
-                 "strides": list(strides), "plan": plan, "xla_ms": round(ms["xla"], 2),
-                 "cpu_ms": round(ms[plan], 2), "speedup": round(ms["xla"] / ms[plan], 2)})
+        call()
+        times[name].append(time.perf_counter() - t0)
+    ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    row = {"layer": kind, "input": list(x_shape), "kernel": list(k_shape),
+           "strides": list(strides), "plan": plan, "xla_ms": round(ms["xla"], 2),
+           "cpu_ms": round(ms[plan], 2), "speedup": round(ms["xla"] / ms[plan], 2)}
+    if "torch" in ms:
+      row.update(torch_ms=round(ms["torch"], 2), jax_over_torch=round(ms["torch"] / ms[plan], 2))
+    rows.append(row)
   return rows
