@@ -104,6 +104,27 @@ class JaxStep:
     return self._loop(prepared)
 
 
+class MatmulCeiling:
+  """`run()`: GFLOP/s of one jitted float32 [n, n] @ [n, n] product, XLA's best case on this
+  backend. Timed between the step's rounds: on a shared machine the CPU's speed drifts (it
+  halved within minutes on ours), so a share of a ceiling measured at another time misleads."""
+
+  def __init__(self, n: int = 2048):
+    key = jax.random.PRNGKey(0)
+    self.a, self.b = jax.random.normal(key, (n, n)), jax.random.normal(key, (n, n))
+    self.product = jax.jit(jnp.matmul)
+    self.flops = 2.0 * n ** 3
+    jax.block_until_ready(self.product(self.a, self.b))
+
+  def run(self, calls: int = 3) -> float:
+    best = float("inf")
+    for _ in range(calls):
+      t0 = time.perf_counter()
+      jax.block_until_ready(self.product(self.a, self.b))
+      best = min(best, time.perf_counter() - t0)
+    return self.flops / best / 1e9
+
+
 def summary(name: str, images_per_step: int, seconds: list[float], steps: int) -> dict:
   rates = sorted(images_per_step * steps / s for s in seconds)
   return {f"{name}images_per_s_min": round(rates[0], 2),
@@ -119,10 +140,12 @@ def measure(config, *, steps: int, repeats: int, warmup: int, other=None) -> dic
   jstep.run(warmup)
   if other is not None:
     other.run(warmup)
-  loop, resident, theirs = [], [], []
+  ceiling = MatmulCeiling()
+  loop, resident, theirs, ceilings = [], [], [], []
   for _ in range(repeats):
     loop.append(jstep.run(steps))
     resident.append(jstep.run_resident(steps))
+    ceilings.append(ceiling.run())
     if other is not None:
       time.sleep(PAUSE_S)
       theirs.append(other.run(steps))
@@ -141,9 +164,12 @@ def measure(config, *, steps: int, repeats: int, warmup: int, other=None) -> dic
     # second is the honest measure of useful work per second.
     out["gflop_per_step"] = round(jstep.flops / 1e9, 3)
     out["gflop_per_s"] = round(jstep.flops / median_step / 1e9, 1)
+  out["matmul_ceiling_gflop_per_s"] = round(statistics.median(ceilings), 1)
   if jstep.model_flops:
     out["model_gflop_per_step"] = round(jstep.model_flops / 1e9, 3)
     out["model_gflop_per_s"] = round(jstep.model_flops / median_step / 1e9, 1)
+    out["model_share_of_ceiling"] = round(
+        out["model_gflop_per_s"] / out["matmul_ceiling_gflop_per_s"], 3)
   # Host work between steps (slicing, sharding, dispatch) shows as the loop's extra time over
   # the same steps on batches already resident.
   out["outside_step_share"] = round(

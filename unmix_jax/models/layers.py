@@ -66,10 +66,11 @@ def _patches(x: jax.Array, offsets_h, offsets_w, stride: tuple[int, int],
 
 def conv_plan(x_shape, kernel_shape, strides: tuple[int, int]) -> str:
   """Which formulation of a 'SAME' conv of input [B, H, W, Cin] with kernel [kh, kw, Cin, Cout]
-  is fastest on XLA:CPU (forward and backward together), from per-layer timings on a 2-core AVX2
+  is fastest on XLA:CPU (forward and backward together), from per-layer timings on a 2-core AVX-512
   machine (README, Performance):
     "im2col"  strided convs, 1x1 convs, and convs at 2x2 (or 4x4 with many channels), where the
-              stock conv emitter is up to 23x slower;
+              stock conv emitter is up to 23x slower; convs of the RGB input (Cin <= 4), where
+              the 9x copy is small and the stock emitter's weight gradient 2-3x slower;
     "taps"    3x3 convs at >= 16x16 with >= 38 channels: one matmul per kernel tap, summed, which
               avoids im2col's 9x copy (1.3-1.5x faster than stock, 9-26% than im2col);
     "xla"     the rest (few channels, or 8x8): the stock conv wins there."""
@@ -79,7 +80,8 @@ def conv_plan(x_shape, kernel_shape, strides: tuple[int, int]) -> str:
   pixels = h * w
   if (kh, kw) == (1, 1) and strides == (1, 1):
     return "im2col"  # a plain matmul
-  if strides != (1, 1) or pixels <= 4 or (pixels <= 16 and cin * cout >= 152 * 152):
+  if (strides != (1, 1) or pixels <= 4 or (pixels <= 16 and cin * cout >= 152 * 152)
+      or cin <= 4):
     return "im2col"
   if min(h, w) >= 16 and min(cin, cout) >= 38:
     return "taps"
