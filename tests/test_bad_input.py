@@ -72,3 +72,13 @@ def test_checkpoint_of_another_model_without_config_json(tmp_path, tfds_data_dir
   result = run_train(workdir, "--config.model.features=(4,8,16)", data_dir=tfds_data_dir)
   assert_one_line_error(result, "belongs to another model")
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
+
+
+def test_onednn_without_a_compiler_is_one_line_naming_the_fix(tmp_path, tfds_data_dir):
+  result = run_train(str(tmp_path / "run"), "--config.train.conv_impl=onednn",
+                     data_dir=tfds_data_dir,
+                     env={"CXX": str(tmp_path / "no-such-g++"),
+                          "XDG_CACHE_HOME": str(tmp_path / "cache")})
+  assert_one_line_error(result, "config.train.conv_impl='onednn'")
+  assert "libdnnl-dev" in result.stderr.strip().splitlines()[-1]
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")

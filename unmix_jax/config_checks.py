@@ -58,6 +58,10 @@ def validate(config) -> None:
            f"{', '.join(COMPUTE_DTYPES)}.")
   _require(t.conv_impl in layers.IMPLS,
            f"config.train.conv_impl={t.conv_impl!r} must be one of {', '.join(layers.IMPLS)}.")
+  try:
+    layers.resolve(t.conv_impl)  # 'onednn' builds its library here, before any run starts
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   _require(config.profile.num_steps >= 1,
            f"config.profile.num_steps={config.profile.num_steps} must be >= 1.")
 

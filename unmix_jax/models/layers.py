@@ -10,6 +10,8 @@ written with one formulation restores into the other.
           weight gradients, for the lhs-dilated convolutions that strided and transposed convs
           become in the backward pass, and for many channels at tiny resolutions, while dots go
           to a tuned GEMM.
+  "onednn" "cpu", except 3x3 stride-1 convs at >= 8x8, which run oneDNN's direct convolution
+          through an FFI custom call (`onednn.py`; needs g++ and libdnnl-dev, built on first use).
   "auto"  "cpu" on the CPU backend, "xla" elsewhere (resolved when the layer is built).
 
 The matrix-product forms (NHWC, 'SAME' padding as lax defines it, no dilation or groups):
@@ -32,7 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-IMPLS = ("auto", "xla", "cpu")
+from unmix_jax.models import onednn
+
+IMPLS = ("auto", "xla", "cpu", "onednn")
 
 
 def resolve(impl: str) -> str:
@@ -42,6 +46,10 @@ def resolve(impl: str) -> str:
                      f"{', '.join(IMPLS)}.")
   if impl == "auto":
     return "cpu" if jax.default_backend() == "cpu" else "xla"
+  if impl == "onednn":
+    if jax.default_backend() != "cpu":
+      raise ValueError("config.train.conv_impl='onednn' runs on the CPU backend only; use 'auto'.")
+    onednn.load()
   return impl
 
 
@@ -186,7 +194,7 @@ class Conv(nnx.Conv):
   def __init__(self, *args, impl: str = "auto", **kwargs):
     super().__init__(*args, **kwargs)
     self.impl = resolve(impl)
-    if self.impl == "cpu":
+    if self.impl in ("cpu", "onednn"):
       _check_supported(self, "conv")
 
   def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -194,6 +202,8 @@ class Conv(nnx.Conv):
       return super().__call__(inputs)
     x, kernel, bias = _operands(self, inputs)
     strides = _strides(self)
+    if self.impl == "onednn" and onednn.handles(x.shape, kernel.shape, strides, x.dtype):
+      return onednn.conv3x3(x, kernel) + bias
     return conv2d(x, kernel, strides, conv_plan(x.shape, kernel.shape, strides)) + bias
 
 
@@ -203,7 +213,7 @@ class ConvTranspose(nnx.ConvTranspose):
   def __init__(self, *args, impl: str = "auto", **kwargs):
     super().__init__(*args, **kwargs)
     self.impl = resolve(impl)
-    if self.impl == "cpu":
+    if self.impl in ("cpu", "onednn"):
       if self.transpose_kernel:
         raise ValueError("conv_impl='cpu' transposed convs follow transpose_kernel=False.")
       _check_supported(self, "transposed conv")
