@@ -8,6 +8,8 @@ Kept: the last `keep` checkpoints plus the one with the lowest val loss.
 from __future__ import annotations
 
 import contextlib
+import gc
+import logging
 import os
 import sys
 import tempfile
@@ -20,6 +22,12 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 _CLOSED_LOOP_NOISE = ("Traceback (most recent call last):", "asyncio/base_events.py",
                       "self._check_closed()", "Event loop is closed")
+
+
+def _drop_unretrieved_futures(record) -> bool:
+  """asyncio logs 'Future exception was never retrieved' (with a full traceback) for each of a
+  failed restore's other reads when they are garbage-collected, possibly after our error line."""
+  return not str(record.msg).startswith("Future exception was never retrieved")
 
 
 @contextlib.contextmanager
@@ -36,6 +44,8 @@ def _without_closed_loop_noise():
       yield
     except Exception:
       time.sleep(1.0)  # the callbacks fire shortly after the failure: let them land here
+      logging.getLogger("asyncio").addFilter(_drop_unretrieved_futures)
+      gc.collect()  # the failed reads' other futures report now, not after our error line
       raise
     finally:
       sys.stderr.flush()
