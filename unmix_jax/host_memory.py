@@ -1,0 +1,35 @@
+"""How the process's C allocator treats the CPU backend's step buffers.
+
+XLA:CPU allocates every step's temporaries anew (tens of MB; ~88 MB for the AE at batch 64).
+With glibc's defaults, blocks that large are mmap-ed, or come from per-thread arenas that mmap
+them, and go back to the kernel when freed, so each step touches fresh pages: measured on the
+2-core machine, ~21,500 page faults and ~37 ms of kernel time per 72 ms AE step (README,
+Performance). `keep_freed_memory()` makes glibc serve them from one heap and keep what is
+freed, so later steps reuse warm pages: 0 page faults per step and the AE step ~12 ms faster.
+The cost is that the process holds on to its peak heap size until it exits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import sys
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+
+@functools.lru_cache(maxsize=None)
+def keep_freed_memory() -> bool:
+  """Sets glibc's malloc to one arena, no mmap-ed blocks and no trimming of the heap; once per
+  process. True when glibc accepted all three; False elsewhere (macOS, musl), where it does
+  nothing."""
+  if not sys.platform.startswith("linux"):
+    return False
+  try:
+    mallopt = ctypes.CDLL(None).mallopt
+  except (OSError, AttributeError):
+    return False
+  mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+  settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))  # -1: never trim
+  return all([mallopt(param, value) == 1 for param, value in settings])
