@@ -1,14 +1,13 @@
-"""conv_impl='onednn': oneDNN's direct 3x3 conv through XLA's FFI against lax and the cpu forms.
+"""conv_impl='onednn': oneDNN's convolutions through XLA's FFI against lax and the cpu forms.
 Skipped where g++ or oneDNN 2.x (libdnnl-dev) is missing; .ci/run installs it where apt can."""
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from flax import nnx
 
-from configs import unet
-from tests.test_layers import rel_err, stock_conv, value_and_grads
+from configs import ae, unet, vae
+from tests.test_layers import rel_err, stock_conv, stock_conv_transpose, value_and_grads
 from unmix_jax import models
 from unmix_jax.models import onednn
 
@@ -21,25 +20,47 @@ def built():
     pytest.skip(str(e))
 
 
-@pytest.mark.parametrize("shape", [(2, 8, 8, 6, 5), (3, 9, 7, 5, 6), (2, 1, 1, 4, 3),
-                                   (2, 16, 12, 38, 76), (1, 5, 11, 7, 2)])
-def test_conv3x3_equals_lax_in_value_and_gradients(shape):
-  b, h, w, cin, cout = shape
+# (batch, h, w, cin, cout, kernel, stride): odd and non-square sizes, 1x1 inputs and kernels.
+CONVS = [(2, 8, 8, 6, 5, 3, 1), (3, 9, 7, 5, 6, 3, 1), (2, 1, 1, 4, 3, 3, 1),
+         (2, 16, 12, 38, 76, 3, 1), (1, 5, 11, 7, 2, 3, 1), (2, 9, 7, 5, 6, 3, 2),
+         (2, 32, 32, 3, 8, 3, 2), (2, 3, 3, 4, 4, 3, 2), (2, 6, 5, 8, 3, 1, 1),
+         (2, 5, 6, 3, 4, 4, 2)]
+
+
+@pytest.mark.parametrize("shape", CONVS)
+def test_conv_equals_lax_in_value_and_gradients(shape):
+  b, h, w, cin, cout, k, s = shape
   x = jax.random.normal(jax.random.PRNGKey(0), (b, h, w, cin))
-  kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, cin, cout))
-  got = value_and_grads(jax.jit(onednn.conv3x3), x, kernel)
-  want = value_and_grads(stock_conv((1, 1)), x, kernel)
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout))
+  got = value_and_grads(jax.jit(lambda x, w: onednn.conv(x, w, (s, s))), x, kernel)
+  want = value_and_grads(stock_conv((s, s)), x, kernel)
+  assert got[0].shape == want[0].shape
   for a, b_ in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     assert rel_err(a, b_) <= 1e-5, shape
 
 
-def test_unet_with_onednn_equals_the_cpu_forms_in_output_and_gradient():
-  config = unet.get_config("cpu")
+@pytest.mark.parametrize("shape", [(2, 4, 4, 6, 5, 3, 2), (2, 5, 3, 6, 5, 3, 2),
+                                   (1, 1, 1, 3, 2, 3, 2), (2, 4, 4, 6, 5, 2, 2),
+                                   (1, 3, 4, 2, 3, 3, 1), (2, 3, 2, 4, 3, 4, 2)])
+def test_conv_transpose_equals_lax_in_value_and_gradients(shape):
+  b, h, w, cin, cout, k, s = shape
+  x = jax.random.normal(jax.random.PRNGKey(0), (b, h, w, cin))
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout))
+  got = value_and_grads(jax.jit(lambda x, w: onednn.conv_transpose(x, w, (s, s))), x, kernel)
+  want = value_and_grads(stock_conv_transpose((s, s)), x, kernel)
+  assert got[0].shape == want[0].shape == (b, h * s, w * s, cout)
+  for a, b_ in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert rel_err(a, b_) <= 1e-5, shape
+
+
+@pytest.mark.parametrize("config", [unet.get_config("cpu"), ae.get_config(), vae.get_config()],
+                         ids=["unet-cpu", "ae", "vae"])
+def test_models_with_onednn_equal_the_cpu_forms_in_output_and_gradient(config):
   fast, ref = (models.build(config.model, 0, conv_impl=i) for i in ("onednn", "cpu"))
   x = jax.random.uniform(jax.random.PRNGKey(2), (2, 32, 32, 3))
 
   def loss(model):
-    return jnp.sum(jax.tree.leaves(model(x))[0] ** 2)
+    return jnp.sum(jax.tree.leaves(model(x, key=jax.random.PRNGKey(3)))[0] ** 2)
 
   (l_fast, g_fast), (l_ref, g_ref) = (nnx.value_and_grad(loss)(m) for m in (fast, ref))
   assert rel_err(l_fast, l_ref) <= 1e-5
@@ -48,8 +69,12 @@ def test_unet_with_onednn_equals_the_cpu_forms_in_output_and_gradient():
 
 
 def test_handles_only_the_shapes_it_wins_on():
-  assert onednn.handles((64, 32, 32, 38), (3, 3, 38, 38), (1, 1), jnp.float32)
-  assert not onednn.handles((64, 4, 4, 304), (3, 3, 304, 304), (1, 1), jnp.float32)
-  assert not onednn.handles((64, 32, 32, 3), (3, 3, 3, 38), (1, 1), jnp.float32)
-  assert not onednn.handles((64, 32, 32, 38), (3, 3, 38, 38), (2, 2), jnp.float32)
+  f32 = jnp.float32
+  assert onednn.handles((64, 32, 32, 38), (3, 3, 38, 38), (1, 1), f32)
+  assert onednn.handles((64, 32, 32, 38), (1, 1, 38, 3), (1, 1), f32)
+  assert onednn.handles((64, 32, 32, 3), (3, 3, 3, 32), (2, 2), f32)  # AE's first conv
+  assert onednn.handles((64, 4, 4, 64), (3, 3, 64, 56), (2, 2), f32, transposed=True)
+  assert not onednn.handles((64, 4, 4, 304), (3, 3, 304, 304), (1, 1), f32)
+  assert not onednn.handles((64, 32, 32, 3), (3, 3, 3, 38), (1, 1), f32)  # U-Net's first conv
+  assert not onednn.handles((64, 8, 8, 152), (2, 2, 152, 76), (2, 2), f32, transposed=True)
   assert not onednn.handles((64, 32, 32, 38), (3, 3, 38, 38), (1, 1), jnp.bfloat16)

@@ -8,6 +8,7 @@ step's cost does not depend on pixel values.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unmix_jax import models, parallel, train
-from unmix_jax.models import layers
+from unmix_jax.models import layers, onednn
 
 # Between JAX and PyTorch rounds: PyTorch's OpenMP workers spin for a while after each parallel
 # region and would steal the two cores from the round that follows.
@@ -211,8 +212,11 @@ def conv_layers(config, batch: int | None = None) -> list[tuple[str, tuple, tupl
 def layer_timings(config, repeats: int, torch_layer=None) -> list[dict]:
   """Forward + backward (input and kernel gradients) of each conv layer alone, stock lax conv vs
   the formulation `conv_impl='cpu'` picks for it: median milliseconds over `repeats` calls.
-  `torch_layer(kind, x_shape, kernel_shape, strides)` (the PyTorch reference's `layer_step`)
-  adds the same layer in PyTorch; the forms' calls alternate so all see the same machine."""
+  With conv_impl='onednn', oneDNN's form too (`onednn_ms`; `onednn_used`: whether the layer
+  runs it). `torch_layer(kind, x_shape, kernel_shape, strides)` (the PyTorch reference's
+  `layer_step`) adds the same layer in PyTorch; the forms' calls alternate so all see the same
+  machine."""
+  with_onednn = layers.resolve(config.train.conv_impl) == "onednn"
   rows = []
   for kind, x_shape, k_shape, strides in conv_layers(config):
     x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
@@ -226,6 +230,10 @@ def layer_timings(config, repeats: int, torch_layer=None) -> list[dict]:
       plan = layers.conv_plan(x_shape, k_shape, strides)
       forms = {name: (lambda x, w, name=name: layers.conv2d(x, w, strides, name))
                for name in {"xla", plan}}
+    transposed = kind == "ConvTranspose"
+    if with_onednn:
+      forms["onednn"] = functools.partial(
+          onednn.conv_transpose if transposed else onednn.conv, strides=strides)
     calls = {}
     for name, f in forms.items():
       grad = jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), argnums=(0, 1)))
@@ -244,7 +252,12 @@ def layer_timings(config, repeats: int, torch_layer=None) -> list[dict]:
     row = {"layer": kind, "input": list(x_shape), "kernel": list(k_shape),
            "strides": list(strides), "plan": plan, "xla_ms": round(ms["xla"], 2),
            "cpu_ms": round(ms[plan], 2), "speedup": round(ms["xla"] / ms[plan], 2)}
+    used = plan
+    if with_onednn:
+      row["onednn_ms"] = round(ms["onednn"], 2)
+      row["onednn_used"] = onednn.handles(x_shape, k_shape, strides, x.dtype, transposed)
+      used = "onednn" if row["onednn_used"] else plan
     if "torch" in ms:
-      row.update(torch_ms=round(ms["torch"], 2), jax_over_torch=round(ms["torch"] / ms[plan], 2))
+      row.update(torch_ms=round(ms["torch"], 2), jax_over_torch=round(ms["torch"] / ms[used], 2))
     rows.append(row)
   return rows

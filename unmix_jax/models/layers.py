@@ -203,7 +203,7 @@ class Conv(nnx.Conv):
     x, kernel, bias = _operands(self, inputs)
     strides = _strides(self)
     if self.impl == "onednn" and onednn.handles(x.shape, kernel.shape, strides, x.dtype):
-      return onednn.conv3x3(x, kernel) + bias
+      return onednn.conv(x, kernel, strides) + bias
     return conv2d(x, kernel, strides, conv_plan(x.shape, kernel.shape, strides)) + bias
 
 
@@ -222,4 +222,8 @@ class ConvTranspose(nnx.ConvTranspose):
     if self.impl == "xla":
       return super().__call__(inputs)
     x, kernel, bias = _operands(self, inputs)
-    return conv_transpose2d(x, kernel, _strides(self)) + bias
+    strides = _strides(self)
+    if self.impl == "onednn" and onednn.handles(x.shape, kernel.shape, strides, x.dtype,
+                                                transposed=True):
+      return onednn.conv_transpose(x, kernel, strides) + bias
+    return conv_transpose2d(x, kernel, strides) + bias

@@ -18,6 +18,7 @@ import subprocess
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
 _HINT = ("config.train.conv_impl='onednn' needs g++ and oneDNN 2.x headers and library "
@@ -52,38 +53,89 @@ def load() -> None:
     handle = ctypes.cdll.LoadLibrary(str(library))
   except OSError as e:
     raise ValueError(f"{_HINT}: {e}.") from None
-  jax.ffi.register_ffi_target("unmix_onednn_conv3x3_fwd", jax.ffi.pycapsule(handle.DnnlConvFwd),
+  jax.ffi.register_ffi_target("unmix_onednn_conv_fwd", jax.ffi.pycapsule(handle.DnnlConvFwd),
                               platform="cpu")
-  jax.ffi.register_ffi_target("unmix_onednn_conv3x3_bwd", jax.ffi.pycapsule(handle.DnnlConvBwd),
+  jax.ffi.register_ffi_target("unmix_onednn_conv_bwd", jax.ffi.pycapsule(handle.DnnlConvBwd),
                               platform="cpu")
 
 
-def handles(x_shape, kernel_shape, strides, dtype) -> bool:
-  """Whether `conv3x3` runs this conv and is the faster choice: 3x3, stride 1, float32, at 8x8
-  or larger (at 4x4 and 2x2 the im2col products beat it) and not on the RGB input."""
+def handles(x_shape, kernel_shape, strides, dtype, transposed: bool = False) -> bool:
+  """Whether `conv` / `conv_transpose` runs this float32 layer: the faster choice in per-layer
+  timings (README, Performance; `experiments.benchmark --layers`). oneDNN wins on strided and
+  transposed 3x3 convs and on 3x3 / 1x1 convs at 8x8 or larger; the `cpu` matrix products win
+  where the layer is nearly one matmul: 2x2 and 4x4 inputs, the U-Net's 2x2 stride-2
+  up-sampling (kernel = stride), and stride-1 convs of the RGB input."""
+  if jnp.dtype(dtype) != jnp.float32:
+    return False
   _, h, w, cin = x_shape
-  return (tuple(kernel_shape[:2]) == (3, 3) and tuple(strides) == (1, 1)
-          and jnp.dtype(dtype) == jnp.float32 and min(h, w) >= 8 and cin > 4)
+  if transposed:
+    return all(k > s for k, s in zip(kernel_shape[:2], strides))
+  return tuple(strides) != (1, 1) or (min(h, w) >= 8 and cin > 4)
 
 
-@jax.custom_vjp
-def conv3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """'SAME' 3x3 stride-1 conv. x [B, H, W, Cin] float32, kernel [3, 3, Cin, Cout] ->
-  [B, H, W, Cout]; equal to lax's conv to float32 rounding. `load()` must have run."""
+def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
+  """lax's 'SAME' conv. x [B, H, W, Cin] float32, kernel [kh, kw, Cin, Cout] ->
+  [B, ceil(H / sh), ceil(W / sw), Cout]; equal to lax to float32 rounding. `load()` first."""
+  (_, h, w, _), (kh, kw, _, _) = x.shape, kernel.shape
+  (pt, pb), (pl, pr) = _same_padding(h, kh, strides[0]), _same_padding(w, kw, strides[1])
+  return _call(x, kernel, (*strides, pt, pl, pb, pr, False))
+
+
+def conv_transpose(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
+  """lax's 'SAME' transposed conv (transpose_kernel=False). x [B, H, W, Cin] float32, kernel
+  [kh, kw, Cin, Cout] -> [B, H * sh, W * sw, Cout]. oneDNN's deconvolution is PyTorch's
+  ConvTranspose2d: the same product with the kernel flipped in space, and padding counted on
+  the output (k - 1 - lax's padding of the dilated input)."""
+  kh, kw = kernel.shape[:2]
+  (at, ab), (al, ar) = _transpose_padding(kh, strides[0]), _transpose_padding(kw, strides[1])
+  spec = (*strides, kh - 1 - at, kw - 1 - al, kh - 1 - ab, kw - 1 - ar, True)
+  return _call(x, kernel[::-1, ::-1], spec)
+
+
+def _same_padding(size: int, k: int, s: int) -> tuple[int, int]:
+  out = -(-size // s)
+  total = max((out - 1) * s + k - size, 0)
+  return total // 2, total - total // 2
+
+
+def _transpose_padding(k: int, s: int) -> tuple[int, int]:
+  """lax.conv_transpose's 'SAME' padding of the stride-dilated input."""
+  pad_len = k + s - 2
+  pad_a = k - 1 if s > k - 1 else -(-pad_len // 2)
+  return pad_a, pad_len - pad_a
+
+
+def _out_shape(x, kernel, spec) -> jax.ShapeDtypeStruct:
   b, h, w, _ = x.shape
-  out = jax.ShapeDtypeStruct((b, h, w, kernel.shape[-1]), x.dtype)
-  return jax.ffi.ffi_call("unmix_onednn_conv3x3_fwd", out)(x, kernel)
+  kh, kw, _, cout = kernel.shape
+  sh, sw, pt, pl, pb, pr, transposed = spec
+  if transposed:
+    hw = ((h - 1) * sh - pt - pb + kh, (w - 1) * sw - pl - pr + kw)
+  else:
+    hw = ((h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1)
+  return jax.ShapeDtypeStruct((b, *hw, cout), x.dtype)
 
 
-def _fwd(x, kernel):
-  return conv3x3(x, kernel), (x, kernel)
+def _attrs(spec) -> dict:
+  sh, sw, pt, pl, pb, pr, transposed = spec
+  return dict(sh=np.int64(sh), sw=np.int64(sw), pad_top=np.int64(pt), pad_left=np.int64(pl),
+              pad_bottom=np.int64(pb), pad_right=np.int64(pr), transposed=bool(transposed))
 
 
-def _bwd(residuals, dy):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _call(x, kernel, spec):
+  return jax.ffi.ffi_call("unmix_onednn_conv_fwd", _out_shape(x, kernel, spec))(
+      x, kernel, **_attrs(spec))
+
+
+def _fwd(x, kernel, spec):
+  return _call(x, kernel, spec), (x, kernel)
+
+
+def _bwd(spec, residuals, dy):
   x, kernel = residuals
-  shapes = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(kernel.shape, kernel.dtype))
-  dx, dkernel = jax.ffi.ffi_call("unmix_onednn_conv3x3_bwd", shapes)(x, kernel, dy)
-  return dx, dkernel
+  grads = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(kernel.shape, kernel.dtype))
+  return tuple(jax.ffi.ffi_call("unmix_onednn_conv_bwd", grads)(x, kernel, dy, **_attrs(spec)))
 
 
-conv3x3.defvjp(_fwd, _bwd)
+_call.defvjp(_fwd, _bwd)

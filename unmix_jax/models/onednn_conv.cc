@@ -1,12 +1,13 @@
-// oneDNN's direct 3x3 'SAME' stride-1 convolution (x NHWC, kernel HWIO, float32) as two XLA FFI
-// custom calls: the forward, and the backward pass (input and kernel gradients in one call).
-// Built on first use by unmix_jax/models/onednn.py against oneDNN 2.x (Debian: libdnnl-dev).
+// oneDNN's direct convolution and transposed convolution (x NHWC, kernel HWIO, float32, any
+// kernel size, strides and explicit padding) as two XLA FFI custom calls: the forward, and the
+// backward pass (input and kernel gradients in one call). The `transposed` attribute picks
+// oneDNN's deconvolution, PyTorch's ConvTranspose2d convention (onednn.py flips the kernel to
+// match lax). Built on first use by unmix_jax/models/onednn.py against oneDNN 2.x (libdnnl-dev).
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <tuple>
-#include <vector>
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
 namespace ffi = xla::ffi;
@@ -15,40 +16,63 @@ using dt = dnnl::memory::data_type;
 
 static dnnl::engine& eng() { static dnnl::engine e(dnnl::engine::kind::cpu, 0); return e; }
 
+// Everything a call needs besides the data: built once per layer shape (milliseconds each),
+// then reused by every step. Weights live in oneDNN's blocked layout ("any") inside the
+// primitives; the reorders convert from and to our HWIO layout.
 struct Prims {
-  dnnl::convolution_forward::primitive_desc fwd;
-  dnnl::convolution_backward_data::primitive_desc bwd_data;
-  dnnl::convolution_backward_weights::primitive_desc bwd_w;
+  dnnl::memory::desc src, dst, plain_w, w_fwd, w_bwd, dw;
+  dnnl::primitive fwd, bwd_data, bwd_w;
+  dnnl::reorder to_fwd, to_bwd, from_dw;
 };
-using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t>;
-static std::map<Key, std::shared_ptr<Prims>> cache;
-static std::mutex mu;
 
-// Primitive descriptors per shape: building one takes milliseconds, a step calls each many times.
-static std::shared_ptr<Prims> get(int64_t n, int64_t h, int64_t w, int64_t ci, int64_t co) {
-  std::lock_guard<std::mutex> l(mu);
-  Key k{n, h, w, ci, co};
-  auto it = cache.find(k);
-  if (it != cache.end()) return it->second;
-  dnnl::memory::desc src({n, ci, h, w}, dt::f32, tag::nhwc);
-  dnnl::memory::desc dst({n, co, h, w}, dt::f32, tag::nhwc);
-  dnnl::memory::desc wany({co, ci, 3, 3}, dt::f32, tag::any);
-  dnnl::memory::dims s{1, 1}, p{1, 1};
-  auto alg = dnnl::algorithm::convolution_direct;
-  dnnl::convolution_forward::desc fd(dnnl::prop_kind::forward_training, alg, src, wany, dst, s, p, p);
-  dnnl::convolution_forward::primitive_desc fpd(fd, eng());
-  dnnl::convolution_backward_data::desc bd(alg, src, wany, dst, s, p, p);
-  dnnl::convolution_backward_data::primitive_desc bpd(bd, eng(), fpd);
-  dnnl::convolution_backward_weights::desc wd(alg, src, wany, dst, s, p, p);
-  dnnl::convolution_backward_weights::primitive_desc wpd(wd, eng(), fpd);
-  auto pr = std::make_shared<Prims>(Prims{fpd, bpd, wpd});
-  cache[k] = pr;
-  return pr;
+template <class Fwd, class BwdData, class BwdW>
+static std::shared_ptr<Prims> build(dnnl::algorithm alg, const dnnl::memory::desc& src,
+                                    const dnnl::memory::desc& plain_w,
+                                    const dnnl::memory::desc& dst, const dnnl::memory::dims& s,
+                                    const dnnl::memory::dims& pl, const dnnl::memory::dims& pr) {
+  dnnl::memory::desc wany(plain_w.dims(), dt::f32, tag::any);
+  typename Fwd::primitive_desc fpd(
+      typename Fwd::desc(dnnl::prop_kind::forward_training, alg, src, wany, dst, s, pl, pr), eng());
+  typename BwdData::primitive_desc bpd(typename BwdData::desc(alg, src, wany, dst, s, pl, pr),
+                                       eng(), fpd);
+  typename BwdW::primitive_desc wpd(typename BwdW::desc(alg, src, wany, dst, s, pl, pr), eng(),
+                                    fpd);
+  auto reorder = [](const dnnl::memory::desc& a, const dnnl::memory::desc& b) {
+    return dnnl::reorder(dnnl::reorder::primitive_desc(eng(), a, eng(), b));
+  };
+  return std::make_shared<Prims>(Prims{
+      src, dst, plain_w, fpd.weights_desc(), bpd.weights_desc(), wpd.diff_weights_desc(),
+      Fwd(fpd), BwdData(bpd), BwdW(wpd), reorder(plain_w, fpd.weights_desc()),
+      reorder(plain_w, bpd.weights_desc()), reorder(wpd.diff_weights_desc(), plain_w)});
 }
 
-// Our kernel layout; oneDNN picks its own blocked layout ("any") and we reorder to and from it.
-static dnnl::memory plain_w(int64_t ci, int64_t co, void* p) {
-  return dnnl::memory({{co, ci, 3, 3}, dt::f32, tag::hwio}, eng(), p);
+// x [n, h, w, ci], y [n, oh, ow, co], kernel [kh, kw, ci, co].
+using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool>;
+
+static std::shared_ptr<Prims> get(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k,
+                                  ffi::Span<const int64_t> y, int64_t sh, int64_t sw,
+                                  int64_t pt, int64_t pl, int64_t pb, int64_t pr, bool transposed) {
+  static std::map<Key, std::shared_ptr<Prims>> cache;
+  static std::mutex mu;
+  std::lock_guard<std::mutex> l(mu);
+  Key key{x[0], x[1], x[2], x[3], k[0], k[1], k[3], y[1], y[2], sh, sw, pt, pl, pb, pr,
+          transposed};
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  dnnl::memory::desc src({x[0], x[3], x[1], x[2]}, dt::f32, tag::nhwc);
+  dnnl::memory::desc dst({y[0], y[3], y[1], y[2]}, dt::f32, tag::nhwc);
+  dnnl::memory::desc plain_w({k[3], k[2], k[0], k[1]}, dt::f32, tag::hwio);
+  dnnl::memory::dims s{sh, sw}, lo{pt, pl}, hi{pb, pr};
+  auto made = transposed
+      ? build<dnnl::deconvolution_forward, dnnl::deconvolution_backward_data,
+              dnnl::deconvolution_backward_weights>(dnnl::algorithm::deconvolution_direct, src,
+                                                    plain_w, dst, s, lo, hi)
+      : build<dnnl::convolution_forward, dnnl::convolution_backward_data,
+              dnnl::convolution_backward_weights>(dnnl::algorithm::convolution_direct, src,
+                                                  plain_w, dst, s, lo, hi);
+  cache[key] = made;
+  return made;
 }
 
 // oneDNN reports failures by exception, which must not cross the C boundary into XLA.
@@ -62,49 +86,51 @@ static ffi::Error guarded(F body) {
   }
 }
 
-ffi::Error FwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y) {
+ffi::Error FwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
+                   int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t pb, int64_t pr,
+                   bool transposed) {
   return guarded([&] {
-    auto d = x.dimensions();
-    int64_t ci = d[3], co = w.dimensions()[3];
-    auto pr = get(d[0], d[1], d[2], ci, co);
+    auto p = get(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pl, pb, pr,
+                 transposed);
     dnnl::stream strm(eng());  // one per call: XLA may run two custom calls at once
-    dnnl::memory src(pr->fwd.src_desc(), eng(), x.typed_data());
-    dnnl::memory dst(pr->fwd.dst_desc(), eng(), y->typed_data());
-    auto wp = plain_w(ci, co, w.typed_data());
-    dnnl::memory wb(pr->fwd.weights_desc(), eng());
-    dnnl::reorder(wp, wb).execute(strm, wp, wb);
-    dnnl::convolution_forward(pr->fwd).execute(
-        strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wb}, {DNNL_ARG_DST, dst}});
+    dnnl::memory wp(p->plain_w, eng(), w.typed_data()), wb(p->w_fwd, eng());
+    p->to_fwd.execute(strm, wp, wb);
+    p->fwd.execute(strm, {{DNNL_ARG_SRC, dnnl::memory(p->src, eng(), x.typed_data())},
+                          {DNNL_ARG_WEIGHTS, wb},
+                          {DNNL_ARG_DST, dnnl::memory(p->dst, eng(), y->typed_data())}});
     strm.wait();
   });
 }
 
 ffi::Error BwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> dy,
-                   ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dw) {
+                   ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dw, int64_t sh,
+                   int64_t sw, int64_t pt, int64_t pl, int64_t pb, int64_t pr, bool transposed) {
   return guarded([&] {
-    auto d = x.dimensions();
-    int64_t ci = d[3], co = w.dimensions()[3];
-    auto pr = get(d[0], d[1], d[2], ci, co);
+    auto p = get(x.dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pl, pb, pr,
+                 transposed);
     dnnl::stream strm(eng());
-    dnnl::memory src(pr->fwd.src_desc(), eng(), x.typed_data());
-    dnnl::memory ddst(pr->fwd.dst_desc(), eng(), dy.typed_data());
-    dnnl::memory dsrc(pr->fwd.src_desc(), eng(), dx->typed_data());
-    auto wp = plain_w(ci, co, w.typed_data());
-    dnnl::memory wb(pr->bwd_data.weights_desc(), eng());
-    dnnl::reorder(wp, wb).execute(strm, wp, wb);
-    dnnl::convolution_backward_data(pr->bwd_data).execute(
-        strm, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wb}, {DNNL_ARG_DIFF_SRC, dsrc}});
-    dnnl::memory dwb(pr->bwd_w.diff_weights_desc(), eng());
-    dnnl::convolution_backward_weights(pr->bwd_w).execute(
-        strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_DIFF_WEIGHTS, dwb}});
-    auto dwp = plain_w(ci, co, dw->typed_data());
-    dnnl::reorder(dwb, dwp).execute(strm, dwb, dwp);
+    dnnl::memory ddst(p->dst, eng(), dy.typed_data());
+    dnnl::memory wp(p->plain_w, eng(), w.typed_data()), wb(p->w_bwd, eng());
+    p->to_bwd.execute(strm, wp, wb);
+    p->bwd_data.execute(strm, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wb},
+                               {DNNL_ARG_DIFF_SRC, dnnl::memory(p->src, eng(), dx->typed_data())}});
+    dnnl::memory dwb(p->dw, eng());
+    p->bwd_w.execute(strm, {{DNNL_ARG_SRC, dnnl::memory(p->src, eng(), x.typed_data())},
+                            {DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_DIFF_WEIGHTS, dwb}});
+    dnnl::memory dwp(p->plain_w, eng(), dw->typed_data());
+    p->from_dw.execute(strm, dwb, dwp);
     strm.wait();
   });
 }
 
+#define UNMIX_CONV_ATTRS                                                                   \
+  .Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<int64_t>("pad_top").Attr<int64_t>("pad_left") \
+      .Attr<int64_t>("pad_bottom").Attr<int64_t>("pad_right").Attr<bool>("transposed")
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DnnlConvFwd, FwdImpl,
-    ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
+    ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>() UNMIX_CONV_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DnnlConvBwd, BwdImpl,
-    ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
-        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
+    ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+        .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        UNMIX_CONV_ATTRS);
