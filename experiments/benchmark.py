@@ -41,17 +41,22 @@ def main(argv):
       raise config_checks.ConfigError(
           f"--steps={_STEPS.value} and --repeats={_REPEATS.value} must be >= 1 and "
           f"--warmup={_WARMUP.value} >= 0.")
-    torch_reference = None
+    worker = None
     if _COMPARE.value == "torch":
-      from experiments import torch_reference
-    if _LAYERS.value:
-      torch_layer = torch_reference.layer_step if torch_reference else None
-      for row in benchmark.layer_timings(config, _REPEATS.value, torch_layer):
-        print(json.dumps(row), flush=True)
-      return
-    other = torch_reference.load(config) if torch_reference else None
-    result = benchmark.measure(config, steps=_STEPS.value, repeats=_REPEATS.value,
-                               warmup=_WARMUP.value, other=other)
+      from experiments import torch_worker
+      worker = torch_worker.Worker()
+    try:
+      if _LAYERS.value:
+        torch_layer = worker.layer if worker else None
+        for row in benchmark.layer_timings(config, _REPEATS.value, torch_layer):
+          print(json.dumps(row), flush=True)
+        return
+      other = worker.step(config) if worker else None
+      result = benchmark.measure(config, steps=_STEPS.value, repeats=_REPEATS.value,
+                                 warmup=_WARMUP.value, other=other)
+    finally:
+      if worker:
+        worker.close()
   print(json.dumps(result), flush=True)
 
 

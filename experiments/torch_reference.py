@@ -151,7 +151,7 @@ class TorchStep:
       start = (self._i * self.batch) % (len(self.pairs) - self.batch + 1)
       self._i += 1
       loss = self._step(self.pairs[start:start + self.batch])
-    float(loss)
+    float(loss.detach())
     return time.perf_counter() - t0
 
   def describe(self) -> dict:

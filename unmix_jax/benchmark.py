@@ -8,7 +8,6 @@ step's cost does not depend on pixel values.
 
 from __future__ import annotations
 
-import functools
 import statistics
 import time
 
@@ -232,8 +231,8 @@ def layer_timings(config, repeats: int, torch_layer=None) -> list[dict]:
                for name in {"xla", plan}}
     transposed = kind == "ConvTranspose"
     if with_onednn:
-      forms["onednn"] = functools.partial(
-          onednn.conv_transpose if transposed else onednn.conv, strides=strides)
+      onednn_form = onednn.conv_transpose if transposed else onednn.conv
+      forms["onednn"] = lambda x, w, f=onednn_form: f(x, w, jnp.zeros(w.shape[-1]), strides)
     calls = {}
     for name, f in forms.items():
       grad = jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), argnums=(0, 1)))
