@@ -82,3 +82,12 @@ def test_onednn_without_a_compiler_is_one_line_naming_the_fix(tmp_path, tfds_dat
   assert_one_line_error(result, "config.train.conv_impl='onednn'")
   assert "libdnnl-dev" in result.stderr.strip().splitlines()[-1]
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_auto_without_onednn_trains_with_the_cpu_forms_and_says_why(tmp_path, tfds_data_dir):
+  result = run_train(str(tmp_path / "run"), data_dir=tfds_data_dir,
+                     env={"CXX": str(tmp_path / "no-such-g++"),
+                          "XDG_CACHE_HOME": str(tmp_path / "cache")})
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "convs as cpu (auto)" in result.stdout
+  assert "conv_impl='auto' uses 'cpu' here" in result.stdout and "libdnnl-dev" in result.stdout

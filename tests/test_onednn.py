@@ -9,7 +9,7 @@ from flax import nnx
 from configs import ae, unet, vae
 from tests.test_layers import rel_err, stock_conv, stock_conv_transpose, value_and_grads
 from unmix_jax import models
-from unmix_jax.models import onednn
+from unmix_jax.models import layers, onednn
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -83,3 +83,8 @@ def test_handles_only_the_shapes_it_wins_on():
   assert not onednn.handles((64, 32, 32, 3), (3, 3, 3, 38), (1, 1), f32)  # U-Net's first conv
   assert not onednn.handles((64, 8, 8, 152), (2, 2, 152, 76), (2, 2), f32, transposed=True)
   assert not onednn.handles((64, 32, 32, 38), (3, 3, 38, 38), (1, 1), jnp.bfloat16)
+
+
+def test_auto_picks_onednn_where_it_builds():
+  assert onednn.unavailable() is None
+  assert layers.resolve("auto") == "onednn"

@@ -28,7 +28,7 @@ from flax import nnx
 
 from unmix_jax import (checkpoint, config_checks, data, logs, losses, metrics, models, parallel,
                        plotting, profiling)
-from unmix_jax.models import layers
+from unmix_jax.models import layers, onednn
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -298,11 +298,17 @@ def _train_and_evaluate(config, workdir: str, ckpts: checkpoint.Checkpoints,
       f.write(config.to_json(indent=2))
 
   mesh = parallel.make_mesh()
+  conv_impl = layers.resolve(config.train.conv_impl)
+  if config.train.conv_impl == "auto":
+    conv_impl += " (auto)"
+    if conv_impl.startswith("cpu") and onednn.unavailable():
+      print(f"conv_impl='auto' uses 'cpu' here, 1.2-1.9x slower than 'onednn' would be: "
+            f"{onednn.unavailable()}", flush=True)
   print(f"data parallel over {mesh.size} device{'s' if mesh.size > 1 else ''} "
         f"({jax.default_backend()}, {jax.process_count()} process(es)): global batch "
         f"{config.train.batch_size}, {config.train.batch_size // mesh.size} per device; "
         f"compute dtype {config.train.compute_dtype}, convs as "
-        f"{layers.resolve(config.train.conv_impl)}", flush=True)
+        f"{conv_impl}", flush=True)
   state = parallel.replicate(state, mesh)
   pair_data = data.load(config)
   train_images = parallel.replicate(pair_data.train_images, mesh)

@@ -10,9 +10,11 @@ written with one formulation restores into the other.
           weight gradients, for the lhs-dilated convolutions that strided and transposed convs
           become in the backward pass, and for many channels at tiny resolutions, while dots go
           to a tuned GEMM.
-  "onednn" "cpu", except 3x3 stride-1 convs at >= 8x8, which run oneDNN's direct convolution
-          through an FFI custom call (`onednn.py`; needs g++ and libdnnl-dev, built on first use).
-  "auto"  "cpu" on the CPU backend, "xla" elsewhere (resolved when the layer is built).
+  "onednn" "cpu", except the layers where oneDNN's direct convolution is faster (strided and
+          transposed 3x3 convs, 3x3 and 1x1 convs at >= 8x8; `onednn.handles`), which run it
+          through FFI custom calls (`onednn.py`; needs g++ and libdnnl-dev, built on first use).
+  "auto"  "onednn" on the CPU backend where it builds, else "cpu"; "xla" on other backends
+          (resolved when the layer is built).
 
 The matrix-product forms (NHWC, 'SAME' padding as lax defines it, no dilation or groups):
   im2col       gather the kh*kw shifted (and strided) views of the padded input along channels
@@ -45,7 +47,9 @@ def resolve(impl: str) -> str:
     raise ValueError(f"config.train.conv_impl={impl!r} is not known; choose one of "
                      f"{', '.join(IMPLS)}.")
   if impl == "auto":
-    return "cpu" if jax.default_backend() == "cpu" else "xla"
+    if jax.default_backend() != "cpu":
+      return "xla"
+    return "cpu" if onednn.unavailable() else "onednn"
   if impl == "onednn":
     if jax.default_backend() != "cpu":
       raise ValueError("config.train.conv_impl='onednn' runs on the CPU backend only; use 'auto'.")
@@ -167,10 +171,11 @@ def conv_transpose2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) 
 
 
 def _check_supported(layer, kind: str) -> None:
+  """The forms here (and oneDNN's calls) implement only what the models use."""
   if (layer.padding != "SAME" or layer.kernel_dilation not in (1, (1, 1), None)
       or getattr(layer, "feature_group_count", 1) != 1 or layer.mask is not None
       or len(layer.kernel_size) != 2 or len(_strides(layer)) != 2):
-    raise ValueError(f"conv_impl='cpu' {kind}s support 2-D 'SAME' convs without dilation, "
+    raise ValueError(f"conv_impl={layer.impl!r} {kind}s support 2-D 'SAME' convs without dilation, "
                      "groups or masks; build this layer with impl='xla'.")
 
 
@@ -189,7 +194,7 @@ def _operands(layer, inputs: jax.Array):
 
 
 class Conv(nnx.Conv):
-  """`nnx.Conv` with `impl` ("auto" | "xla" | "cpu"); same parameters."""
+  """`nnx.Conv` with `impl` (one of IMPLS); same parameters."""
 
   def __init__(self, *args, impl: str = "auto", **kwargs):
     super().__init__(*args, **kwargs)
@@ -208,14 +213,15 @@ class Conv(nnx.Conv):
 
 
 class ConvTranspose(nnx.ConvTranspose):
-  """`nnx.ConvTranspose` with `impl` ("auto" | "xla" | "cpu"); same parameters."""
+  """`nnx.ConvTranspose` with `impl` (one of IMPLS); same parameters."""
 
   def __init__(self, *args, impl: str = "auto", **kwargs):
     super().__init__(*args, **kwargs)
     self.impl = resolve(impl)
     if self.impl in ("cpu", "onednn"):
       if self.transpose_kernel:
-        raise ValueError("conv_impl='cpu' transposed convs follow transpose_kernel=False.")
+        raise ValueError(f"conv_impl={self.impl!r} transposed convs follow "
+                         "transpose_kernel=False.")
       _check_supported(self, "transposed conv")
 
   def __call__(self, inputs: jax.Array) -> jax.Array:

@@ -59,6 +59,17 @@ def load() -> None:
                               platform="cpu")
 
 
+@functools.lru_cache(maxsize=None)
+def unavailable() -> str | None:
+  """None when the custom calls are built and registered; else why not, in one line. For
+  conv_impl='auto', which falls back to 'cpu' instead of failing; tried once per process."""
+  try:
+    load()
+  except ValueError as e:
+    return str(e)
+  return None
+
+
 def handles(x_shape, kernel_shape, strides, dtype, transposed: bool = False) -> bool:
   """Whether `conv` / `conv_transpose` runs this float32 layer: the faster choice in per-layer
   timings (README, Performance; `experiments.benchmark --layers`). oneDNN wins on strided and
