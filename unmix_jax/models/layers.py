@@ -13,8 +13,8 @@ written with one formulation restores into the other.
   "onednn" "cpu", except the layers where oneDNN's direct convolution is faster (strided and
           transposed 3x3 convs, 3x3 and 1x1 convs at >= 8x8; `onednn.handles`), which run it
           through FFI custom calls (`onednn.py`; needs g++ and libdnnl-dev, built on first use).
-  "auto"  "onednn" on the CPU backend where it builds, else "cpu"; "xla" on other backends
-          (resolved when the layer is built).
+  "auto"  "onednn" on one CPU device where it builds, else "cpu" (also on several simulated
+          CPU devices); "xla" on other backends (resolved when the layer is built).
 
 The matrix-product forms (NHWC, 'SAME' padding as lax defines it, no dilation or groups):
   im2col       gather the kh*kw shifted (and strided) views of the padded input along channels
@@ -49,10 +49,14 @@ def resolve(impl: str) -> str:
   if impl == "auto":
     if jax.default_backend() != "cpu":
       return "xla"
-    return "cpu" if onednn.unavailable() else "onednn"
+    return "cpu" if jax.device_count() > 1 or onednn.unavailable() else "onednn"
   if impl == "onednn":
     if jax.default_backend() != "cpu":
       raise ValueError("config.train.conv_impl='onednn' runs on the CPU backend only; use 'auto'.")
+    if jax.device_count() > 1:
+      # XLA's partitioner cannot split the custom calls over a batch-sharded mesh.
+      raise ValueError(f"config.train.conv_impl='onednn' runs on one CPU device, not "
+                       f"{jax.device_count()}; use 'cpu' or 'auto'.")
     onednn.load()
   return impl
 
