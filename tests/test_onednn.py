@@ -32,10 +32,8 @@ def test_conv_equals_lax_in_value_and_gradients(shape):
   b, h, w, cin, cout, k, s = shape
   x = jax.random.normal(jax.random.PRNGKey(0), (b, h, w, cin))
   kernel = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout))
-  bias = jax.random.normal(jax.random.PRNGKey(2), (cout,))
-  got = value_and_grads(jax.jit(lambda x, w: onednn.conv(x, w[0], w[1], (s, s))), x,
-                        (kernel, bias))
-  want = value_and_grads(lambda x, w: stock_conv((s, s))(x, w[0]) + w[1], x, (kernel, bias))
+  got = value_and_grads(jax.jit(lambda x, w: onednn.conv(x, w, (s, s))), x, kernel)
+  want = value_and_grads(stock_conv((s, s)), x, kernel)
   assert got[0].shape == want[0].shape
   for a, b_ in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     assert rel_err(a, b_) <= 1e-5, shape
@@ -48,11 +46,8 @@ def test_conv_transpose_equals_lax_in_value_and_gradients(shape):
   b, h, w, cin, cout, k, s = shape
   x = jax.random.normal(jax.random.PRNGKey(0), (b, h, w, cin))
   kernel = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout))
-  bias = jax.random.normal(jax.random.PRNGKey(2), (cout,))
-  got = value_and_grads(jax.jit(lambda x, w: onednn.conv_transpose(x, w[0], w[1], (s, s))), x,
-                        (kernel, bias))
-  want = value_and_grads(lambda x, w: stock_conv_transpose((s, s))(x, w[0]) + w[1], x,
-                         (kernel, bias))
+  got = value_and_grads(jax.jit(lambda x, w: onednn.conv_transpose(x, w, (s, s))), x, kernel)
+  want = value_and_grads(stock_conv_transpose((s, s)), x, kernel)
   assert got[0].shape == want[0].shape == (b, h * s, w * s, cout)
   for a, b_ in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     assert rel_err(a, b_) <= 1e-5, shape

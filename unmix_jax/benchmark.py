@@ -232,7 +232,7 @@ def layer_timings(config, repeats: int, torch_layer=None) -> list[dict]:
     transposed = kind == "ConvTranspose"
     if with_onednn:
       onednn_form = onednn.conv_transpose if transposed else onednn.conv
-      forms["onednn"] = lambda x, w, f=onednn_form: f(x, w, jnp.zeros(w.shape[-1]), strides)
+      forms["onednn"] = lambda x, w, f=onednn_form: f(x, w, strides)
     calls = {}
     for name, f in forms.items():
       grad = jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), argnums=(0, 1)))

@@ -212,7 +212,7 @@ class Conv(nnx.Conv):
     x, kernel, bias = _operands(self, inputs)
     strides = _strides(self)
     if self.impl == "onednn" and onednn.handles(x.shape, kernel.shape, strides, x.dtype):
-      return onednn.conv(x, kernel, jnp.broadcast_to(bias, kernel.shape[-1:]), strides)
+      return onednn.conv(x, kernel, strides) + bias
     return conv2d(x, kernel, strides, conv_plan(x.shape, kernel.shape, strides)) + bias
 
 
@@ -235,5 +235,5 @@ class ConvTranspose(nnx.ConvTranspose):
     strides = _strides(self)
     if self.impl == "onednn" and onednn.handles(x.shape, kernel.shape, strides, x.dtype,
                                                 transposed=True):
-      return onednn.conv_transpose(x, kernel, jnp.broadcast_to(bias, kernel.shape[-1:]), strides)
+      return onednn.conv_transpose(x, kernel, strides) + bias
     return conv_transpose2d(x, kernel, strides) + bias

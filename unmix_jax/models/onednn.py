@@ -84,25 +84,23 @@ def handles(x_shape, kernel_shape, strides, dtype, transposed: bool = False) -> 
   return tuple(strides) != (1, 1) or (min(h, w) >= 8 and cin > 4)
 
 
-def conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, strides: tuple[int, int]) -> jax.Array:
-  """lax's 'SAME' conv plus bias. x [B, H, W, Cin] float32, kernel [kh, kw, Cin, Cout], bias
-  [Cout] -> [B, ceil(H / sh), ceil(W / sw), Cout]; equal to lax to float32 rounding. oneDNN adds
-  the bias in the same pass (and sums its gradient in the kernel gradient's). `load()` first."""
+def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
+  """lax's 'SAME' conv. x [B, H, W, Cin] float32, kernel [kh, kw, Cin, Cout] ->
+  [B, ceil(H / sh), ceil(W / sw), Cout]; equal to lax to float32 rounding. `load()` first."""
   (_, h, w, _), (kh, kw, _, _) = x.shape, kernel.shape
   (pt, pb), (pl, pr) = _same_padding(h, kh, strides[0]), _same_padding(w, kw, strides[1])
-  return _call(x, kernel, bias, (*strides, pt, pl, pb, pr, False))
+  return _call(x, kernel, (*strides, pt, pl, pb, pr, False))
 
 
-def conv_transpose(x: jax.Array, kernel: jax.Array, bias: jax.Array,
-                   strides: tuple[int, int]) -> jax.Array:
-  """lax's 'SAME' transposed conv (transpose_kernel=False) plus bias. x [B, H, W, Cin] float32,
-  kernel [kh, kw, Cin, Cout], bias [Cout] -> [B, H * sh, W * sw, Cout]. oneDNN's deconvolution is PyTorch's
+def conv_transpose(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
+  """lax's 'SAME' transposed conv (transpose_kernel=False). x [B, H, W, Cin] float32, kernel
+  [kh, kw, Cin, Cout] -> [B, H * sh, W * sw, Cout]. oneDNN's deconvolution is PyTorch's
   ConvTranspose2d: the same product with the kernel flipped in space, and padding counted on
   the output (k - 1 - lax's padding of the dilated input)."""
   kh, kw = kernel.shape[:2]
   (at, ab), (al, ar) = _transpose_padding(kh, strides[0]), _transpose_padding(kw, strides[1])
   spec = (*strides, kh - 1 - at, kw - 1 - al, kh - 1 - ab, kw - 1 - ar, True)
-  return _call(x, kernel[::-1, ::-1], bias, spec)
+  return _call(x, kernel[::-1, ::-1], spec)
 
 
 def _same_padding(size: int, k: int, s: int) -> tuple[int, int]:
@@ -135,19 +133,19 @@ def _attrs(spec) -> dict:
               pad_bottom=np.int64(pb), pad_right=np.int64(pr), transposed=bool(transposed))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _call(x, kernel, bias, spec):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _call(x, kernel, spec):
   return jax.ffi.ffi_call("unmix_onednn_conv_fwd", _out_shape(x, kernel, spec))(
-      x, kernel, bias, **_attrs(spec))
+      x, kernel, **_attrs(spec))
 
 
-def _fwd(x, kernel, bias, spec):
-  return _call(x, kernel, bias, spec), (x, kernel, bias)
+def _fwd(x, kernel, spec):
+  return _call(x, kernel, spec), (x, kernel)
 
 
 def _bwd(spec, residuals, dy):
-  grads = tuple(jax.ShapeDtypeStruct(r.shape, r.dtype) for r in residuals)
-  x, kernel, _ = residuals
+  x, kernel = residuals
+  grads = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(kernel.shape, kernel.dtype))
   return tuple(jax.ffi.ffi_call("unmix_onednn_conv_bwd", grads)(x, kernel, dy, **_attrs(spec)))
 
 

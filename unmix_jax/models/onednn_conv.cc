@@ -1,6 +1,6 @@
-// oneDNN's direct convolution and transposed convolution with bias (x NHWC, kernel HWIO,
-// float32, any kernel size, strides and explicit padding) as two XLA FFI custom calls: the
-// forward, and the backward pass (input, kernel and bias gradients in one call). The `transposed` attribute picks
+// oneDNN's direct convolution and transposed convolution (x NHWC, kernel HWIO, float32, any
+// kernel size, strides and explicit padding) as two XLA FFI custom calls: the forward, and the
+// backward pass (input and kernel gradients in one call). The `transposed` attribute picks
 // oneDNN's deconvolution, PyTorch's ConvTranspose2d convention (onednn.py flips the kernel to
 // match lax). Built on first use by unmix_jax/models/onednn.py against oneDNN 2.x (libdnnl-dev).
 #include <map>
@@ -20,7 +20,7 @@ static dnnl::engine& eng() { static dnnl::engine e(dnnl::engine::kind::cpu, 0); 
 // then reused by every step. Weights live in oneDNN's blocked layout ("any") inside the
 // primitives; the reorders convert from and to our HWIO layout.
 struct Prims {
-  dnnl::memory::desc src, dst, plain_w, bias, w_fwd, w_bwd, dw;
+  dnnl::memory::desc src, dst, plain_w, w_fwd, w_bwd, dw;
   dnnl::primitive fwd, bwd_data, bwd_w;
   dnnl::reorder to_fwd, to_bwd, from_dw;
 };
@@ -28,22 +28,20 @@ struct Prims {
 template <class Fwd, class BwdData, class BwdW>
 static std::shared_ptr<Prims> build(dnnl::algorithm alg, const dnnl::memory::desc& src,
                                     const dnnl::memory::desc& plain_w,
-                                    const dnnl::memory::desc& bias,
                                     const dnnl::memory::desc& dst, const dnnl::memory::dims& s,
                                     const dnnl::memory::dims& pl, const dnnl::memory::dims& pr) {
   dnnl::memory::desc wany(plain_w.dims(), dt::f32, tag::any);
   typename Fwd::primitive_desc fpd(
-      typename Fwd::desc(dnnl::prop_kind::forward_training, alg, src, wany, bias, dst, s, pl, pr),
-      eng());
+      typename Fwd::desc(dnnl::prop_kind::forward_training, alg, src, wany, dst, s, pl, pr), eng());
   typename BwdData::primitive_desc bpd(typename BwdData::desc(alg, src, wany, dst, s, pl, pr),
                                        eng(), fpd);
-  typename BwdW::primitive_desc wpd(typename BwdW::desc(alg, src, wany, bias, dst, s, pl, pr),
-                                    eng(), fpd);
+  typename BwdW::primitive_desc wpd(typename BwdW::desc(alg, src, wany, dst, s, pl, pr), eng(),
+                                    fpd);
   auto reorder = [](const dnnl::memory::desc& a, const dnnl::memory::desc& b) {
     return dnnl::reorder(dnnl::reorder::primitive_desc(eng(), a, eng(), b));
   };
   return std::make_shared<Prims>(Prims{
-      src, dst, plain_w, bias, fpd.weights_desc(), bpd.weights_desc(), wpd.diff_weights_desc(),
+      src, dst, plain_w, fpd.weights_desc(), bpd.weights_desc(), wpd.diff_weights_desc(),
       Fwd(fpd), BwdData(bpd), BwdW(wpd), reorder(plain_w, fpd.weights_desc()),
       reorder(plain_w, bpd.weights_desc()), reorder(wpd.diff_weights_desc(), plain_w)});
 }
@@ -65,15 +63,14 @@ static std::shared_ptr<Prims> get(ffi::Span<const int64_t> x, ffi::Span<const in
   dnnl::memory::desc src({x[0], x[3], x[1], x[2]}, dt::f32, tag::nhwc);
   dnnl::memory::desc dst({y[0], y[3], y[1], y[2]}, dt::f32, tag::nhwc);
   dnnl::memory::desc plain_w({k[3], k[2], k[0], k[1]}, dt::f32, tag::hwio);
-  dnnl::memory::desc bias({k[3]}, dt::f32, tag::a);
   dnnl::memory::dims s{sh, sw}, lo{pt, pl}, hi{pb, pr};
   auto made = transposed
       ? build<dnnl::deconvolution_forward, dnnl::deconvolution_backward_data,
               dnnl::deconvolution_backward_weights>(dnnl::algorithm::deconvolution_direct, src,
-                                                    plain_w, bias, dst, s, lo, hi)
+                                                    plain_w, dst, s, lo, hi)
       : build<dnnl::convolution_forward, dnnl::convolution_backward_data,
               dnnl::convolution_backward_weights>(dnnl::algorithm::convolution_direct, src,
-                                                  plain_w, bias, dst, s, lo, hi);
+                                                  plain_w, dst, s, lo, hi);
   cache[key] = made;
   return made;
 }
@@ -89,9 +86,9 @@ static ffi::Error guarded(F body) {
   }
 }
 
-ffi::Error FwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
-                   ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
-                   int64_t pb, int64_t pr, bool transposed) {
+ffi::Error FwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
+                   int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t pb, int64_t pr,
+                   bool transposed) {
   return guarded([&] {
     auto p = get(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pl, pb, pr,
                  transposed);
@@ -100,16 +97,14 @@ ffi::Error FwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer
     p->to_fwd.execute(strm, wp, wb);
     p->fwd.execute(strm, {{DNNL_ARG_SRC, dnnl::memory(p->src, eng(), x.typed_data())},
                           {DNNL_ARG_WEIGHTS, wb},
-                          {DNNL_ARG_BIAS, dnnl::memory(p->bias, eng(), b.typed_data())},
                           {DNNL_ARG_DST, dnnl::memory(p->dst, eng(), y->typed_data())}});
     strm.wait();
   });
 }
 
 ffi::Error BwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> dy,
-                   ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dw,
-                   ffi::ResultBuffer<ffi::F32> db, int64_t sh, int64_t sw, int64_t pt,
-                   int64_t pl, int64_t pb, int64_t pr, bool transposed) {
+                   ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dw, int64_t sh,
+                   int64_t sw, int64_t pt, int64_t pl, int64_t pb, int64_t pr, bool transposed) {
   return guarded([&] {
     auto p = get(x.dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pl, pb, pr,
                  transposed);
@@ -121,8 +116,7 @@ ffi::Error BwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer
                                {DNNL_ARG_DIFF_SRC, dnnl::memory(p->src, eng(), dx->typed_data())}});
     dnnl::memory dwb(p->dw, eng());
     p->bwd_w.execute(strm, {{DNNL_ARG_SRC, dnnl::memory(p->src, eng(), x.typed_data())},
-                            {DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_DIFF_WEIGHTS, dwb},
-                            {DNNL_ARG_DIFF_BIAS, dnnl::memory(p->bias, eng(), db->typed_data())}});
+                            {DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_DIFF_WEIGHTS, dwb}});
     dnnl::memory dwp(p->plain_w, eng(), dw->typed_data());
     p->from_dw.execute(strm, dwb, dwp);
     strm.wait();
@@ -135,8 +129,8 @@ ffi::Error BwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DnnlConvFwd, FwdImpl,
     ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
-        .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>() UNMIX_CONV_ATTRS);
+        .Ret<ffi::Buffer<ffi::F32>>() UNMIX_CONV_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DnnlConvBwd, BwdImpl,
     ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
         .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
-        .Ret<ffi::Buffer<ffi::F32>>() UNMIX_CONV_ATTRS);
+        UNMIX_CONV_ATTRS);
