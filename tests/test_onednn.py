@@ -25,32 +25,25 @@ CONVS = [(2, 8, 8, 6, 5, 3, 1), (3, 9, 7, 5, 6, 3, 1), (2, 1, 1, 4, 3, 3, 1),
          (2, 16, 12, 38, 76, 3, 1), (1, 5, 11, 7, 2, 3, 1), (2, 9, 7, 5, 6, 3, 2),
          (2, 32, 32, 3, 8, 3, 2), (2, 3, 3, 4, 4, 3, 2), (2, 6, 5, 8, 3, 1, 1),
          (2, 5, 6, 3, 4, 4, 2)]
+TRANSPOSED = [(2, 4, 4, 6, 5, 3, 2), (2, 5, 3, 6, 5, 3, 2), (1, 1, 1, 3, 2, 3, 2),
+              (2, 4, 4, 6, 5, 2, 2), (1, 3, 4, 2, 3, 3, 1), (2, 3, 2, 4, 3, 4, 2)]
 
 
-@pytest.mark.parametrize("shape", CONVS)
-def test_conv_equals_lax_in_value_and_gradients(shape):
+@pytest.mark.parametrize("op,shape", [("conv", s) for s in CONVS]
+                         + [("conv_transpose", s) for s in TRANSPOSED])
+def test_equals_lax_in_value_and_gradients(op, shape):
   b, h, w, cin, cout, k, s = shape
   x = jax.random.normal(jax.random.PRNGKey(0), (b, h, w, cin))
   kernel = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout))
-  got = value_and_grads(jax.jit(lambda x, w: onednn.conv(x, w, (s, s))), x, kernel)
-  want = value_and_grads(stock_conv((s, s)), x, kernel)
+  fast = getattr(onednn, op)
+  stock = (stock_conv if op == "conv" else stock_conv_transpose)((s, s))
+  got = value_and_grads(jax.jit(lambda x, w: fast(x, w, (s, s))), x, kernel)
+  want = value_and_grads(stock, x, kernel)
   assert got[0].shape == want[0].shape
+  if op == "conv_transpose":
+    assert got[0].shape == (b, h * s, w * s, cout)
   for a, b_ in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    assert rel_err(a, b_) <= 1e-5, shape
-
-
-@pytest.mark.parametrize("shape", [(2, 4, 4, 6, 5, 3, 2), (2, 5, 3, 6, 5, 3, 2),
-                                   (1, 1, 1, 3, 2, 3, 2), (2, 4, 4, 6, 5, 2, 2),
-                                   (1, 3, 4, 2, 3, 3, 1), (2, 3, 2, 4, 3, 4, 2)])
-def test_conv_transpose_equals_lax_in_value_and_gradients(shape):
-  b, h, w, cin, cout, k, s = shape
-  x = jax.random.normal(jax.random.PRNGKey(0), (b, h, w, cin))
-  kernel = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout))
-  got = value_and_grads(jax.jit(lambda x, w: onednn.conv_transpose(x, w, (s, s))), x, kernel)
-  want = value_and_grads(stock_conv_transpose((s, s)), x, kernel)
-  assert got[0].shape == want[0].shape == (b, h * s, w * s, cout)
-  for a, b_ in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    assert rel_err(a, b_) <= 1e-5, shape
+    assert rel_err(a, b_) <= 1e-5, (op, shape)
 
 
 @pytest.mark.parametrize("config", [unet.get_config("cpu"), ae.get_config(), vae.get_config()],

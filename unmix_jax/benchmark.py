@@ -220,7 +220,8 @@ def layer_timings(config, repeats: int, torch_layer=None) -> list[dict]:
   for kind, x_shape, k_shape, strides in conv_layers(config):
     x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
     kernel = jax.random.normal(jax.random.PRNGKey(1), k_shape) * 0.1
-    if kind == "ConvTranspose":
+    transposed = kind == "ConvTranspose"
+    if transposed:
       plan = "phase-matmul"
       forms = {"xla": lambda x, w: jax.lax.conv_transpose(
                    x, w, strides, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")),
@@ -229,7 +230,6 @@ def layer_timings(config, repeats: int, torch_layer=None) -> list[dict]:
       plan = layers.conv_plan(x_shape, k_shape, strides)
       forms = {name: (lambda x, w, name=name: layers.conv2d(x, w, strides, name))
                for name in {"xla", plan}}
-    transposed = kind == "ConvTranspose"
     if with_onednn:
       onednn_form = onednn.conv_transpose if transposed else onednn.conv
       forms["onednn"] = lambda x, w, f=onednn_form: f(x, w, strides)

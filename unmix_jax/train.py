@@ -300,10 +300,10 @@ def _train_and_evaluate(config, workdir: str, ckpts: checkpoint.Checkpoints,
   mesh = parallel.make_mesh()
   conv_impl = layers.resolve(config.train.conv_impl)
   if config.train.conv_impl == "auto":
-    conv_impl += " (auto)"
-    if conv_impl.startswith("cpu") and jax.device_count() == 1 and onednn.unavailable():
+    if conv_impl == "cpu" and jax.device_count() == 1 and onednn.unavailable():
       print(f"conv_impl='auto' uses 'cpu' here, 1.2-1.9x slower than 'onednn' would be: "
             f"{onednn.unavailable()}", flush=True)
+    conv_impl += " (auto)"
   print(f"data parallel over {mesh.size} device{'s' if mesh.size > 1 else ''} "
         f"({jax.default_backend()}, {jax.process_count()} process(es)): global batch "
         f"{config.train.batch_size}, {config.train.batch_size // mesh.size} per device; "

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from unmix_jax.models import onednn
+from unmix_jax.models import onednn, padding
 
 IMPLS = ("auto", "xla", "cpu", "onednn")
 
@@ -59,13 +59,6 @@ def resolve(impl: str) -> str:
                        f"{jax.device_count()}; use 'cpu' or 'auto'.")
     onednn.load()
   return impl
-
-
-def _same_padding(size: int, k: int, s: int) -> tuple[int, int]:
-  """lax's 'SAME' padding of a strided conv: output ceil(size / s)."""
-  out = -(-size // s)
-  total = max((out - 1) * s + k - size, 0)
-  return total // 2, total - total // 2
 
 
 def _patches(x: jax.Array, offsets_h, offsets_w, stride: tuple[int, int],
@@ -114,7 +107,7 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
   if plan == "xla":
     return jax.lax.conv_general_dilated(x, kernel, strides, "SAME",
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  ph, pw = _same_padding(h, kh, sh), _same_padding(w, kw, sw)
+  ph, pw = padding.same(h, kh, sh), padding.same(w, kw, sw)
   ho, wo = -(-h // sh), -(-w // sw)
   if kh == kw == 1 and sh == sw == 1:
     return (x.reshape(b * h * w, cin) @ kernel.reshape(cin, cout)).reshape(b, h, w, cout)
@@ -137,8 +130,7 @@ def _phase_taps(k: int, s: int) -> tuple[int, np.ndarray]:
   """For lax.conv_transpose(padding='SAME', transpose_kernel=False) along one axis: output
   o = s*i + a reads input i + d through kernel tap t when (a + t - pad) = s*d.
   Returns (d_min, select[n_offsets, s, k]) with select[d - d_min, a, t] = 1 for those triples."""
-  pad_len = k + s - 2
-  pad = k - 1 if s > k - 1 else -(-pad_len // 2)  # lax's _conv_transpose_padding for 'SAME'
+  pad, _ = padding.transposed(k, s)
   triples = [(a, t, (a + t - pad) // s) for a in range(s) for t in range(k)
              if (a + t - pad) % s == 0]
   ds = [d for _, _, d in triples]

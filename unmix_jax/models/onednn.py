@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unmix_jax.models import padding
+
 _SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
 _HINT = ("config.train.conv_impl='onednn' needs g++ and oneDNN 2.x headers and library "
          "(Debian/Ubuntu: apt install g++ libdnnl-dev), or use conv_impl='cpu'")
@@ -88,7 +90,7 @@ def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array
   """lax's 'SAME' conv. x [B, H, W, Cin] float32, kernel [kh, kw, Cin, Cout] ->
   [B, ceil(H / sh), ceil(W / sw), Cout]; equal to lax to float32 rounding. `load()` first."""
   (_, h, w, _), (kh, kw, _, _) = x.shape, kernel.shape
-  (pt, pb), (pl, pr) = _same_padding(h, kh, strides[0]), _same_padding(w, kw, strides[1])
+  (pt, pb), (pl, pr) = padding.same(h, kh, strides[0]), padding.same(w, kw, strides[1])
   return _call(x, kernel, (*strides, pt, pl, pb, pr, False))
 
 
@@ -98,22 +100,9 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) ->
   ConvTranspose2d: the same product with the kernel flipped in space, and padding counted on
   the output (k - 1 - lax's padding of the dilated input)."""
   kh, kw = kernel.shape[:2]
-  (at, ab), (al, ar) = _transpose_padding(kh, strides[0]), _transpose_padding(kw, strides[1])
+  (at, ab), (al, ar) = padding.transposed(kh, strides[0]), padding.transposed(kw, strides[1])
   spec = (*strides, kh - 1 - at, kw - 1 - al, kh - 1 - ab, kw - 1 - ar, True)
   return _call(x, kernel[::-1, ::-1], spec)
-
-
-def _same_padding(size: int, k: int, s: int) -> tuple[int, int]:
-  out = -(-size // s)
-  total = max((out - 1) * s + k - size, 0)
-  return total // 2, total - total // 2
-
-
-def _transpose_padding(k: int, s: int) -> tuple[int, int]:
-  """lax.conv_transpose's 'SAME' padding of the stride-dilated input."""
-  pad_len = k + s - 2
-  pad_a = k - 1 if s > k - 1 else -(-pad_len // 2)
-  return pad_a, pad_len - pad_a
 
 
 def _out_shape(x, kernel, spec) -> jax.ShapeDtypeStruct:
