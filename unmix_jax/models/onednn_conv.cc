@@ -3,11 +3,14 @@
 // backward pass (input and kernel gradients in one call). The `transposed` attribute picks
 // oneDNN's deconvolution, PyTorch's ConvTranspose2d convention (onednn.py flips the kernel to
 // match lax). Built on first use by unmix_jax/models/onednn.py against oneDNN 2.x (libdnnl-dev).
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <unordered_map>
+#include <vector>
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
 namespace ffi = xla::ffi;
@@ -16,14 +19,30 @@ using dt = dnnl::memory::data_type;
 
 static dnnl::engine& eng() { static dnnl::engine e(dnnl::engine::kind::cpu, 0); return e; }
 
+// A primitive and the size of the scratch memory it needs. XLA runs custom calls on any of its
+// threads, two at once where the graph allows (the autoencoder's two decoders run the same
+// layer shapes side by side). oneDNN's default library-managed scratchpad is one buffer shared
+// by all primitives and valid only on the thread that created them: concurrent calls corrupted
+// it and hung. In "user" mode each call brings its own (a per-thread buffer here).
+struct Step {
+  dnnl::primitive p;
+  dnnl::memory::desc scratch;
+};
+
 // Everything a call needs besides the data: built once per layer shape (milliseconds each),
 // then reused by every step. Weights live in oneDNN's blocked layout ("any") inside the
 // primitives; the reorders convert from and to our HWIO layout.
 struct Prims {
   dnnl::memory::desc src, dst, plain_w, w_fwd, w_bwd, dw;
-  dnnl::primitive fwd, bwd_data, bwd_w;
-  dnnl::reorder to_fwd, to_bwd, from_dw;
+  Step fwd, bwd_data, bwd_w, to_fwd, to_bwd, from_dw;
 };
+
+static void run(const Step& step, dnnl::stream& strm, std::unordered_map<int, dnnl::memory> args) {
+  thread_local std::vector<uint8_t> buffer;
+  if (buffer.size() < step.scratch.get_size()) buffer.resize(step.scratch.get_size());
+  args.insert({DNNL_ARG_SCRATCHPAD, dnnl::memory(step.scratch, eng(), buffer.data())});
+  step.p.execute(strm, args);
+}
 
 template <class Fwd, class BwdData, class BwdW>
 static std::shared_ptr<Prims> build(dnnl::algorithm alg, const dnnl::memory::desc& src,
@@ -31,18 +50,23 @@ static std::shared_ptr<Prims> build(dnnl::algorithm alg, const dnnl::memory::des
                                     const dnnl::memory::desc& dst, const dnnl::memory::dims& s,
                                     const dnnl::memory::dims& pl, const dnnl::memory::dims& pr) {
   dnnl::memory::desc wany(plain_w.dims(), dt::f32, tag::any);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   typename Fwd::primitive_desc fpd(
-      typename Fwd::desc(dnnl::prop_kind::forward_training, alg, src, wany, dst, s, pl, pr), eng());
+      typename Fwd::desc(dnnl::prop_kind::forward_training, alg, src, wany, dst, s, pl, pr), attr,
+      eng());
   typename BwdData::primitive_desc bpd(typename BwdData::desc(alg, src, wany, dst, s, pl, pr),
-                                       eng(), fpd);
-  typename BwdW::primitive_desc wpd(typename BwdW::desc(alg, src, wany, dst, s, pl, pr), eng(),
-                                    fpd);
-  auto reorder = [](const dnnl::memory::desc& a, const dnnl::memory::desc& b) {
-    return dnnl::reorder(dnnl::reorder::primitive_desc(eng(), a, eng(), b));
+                                       attr, eng(), fpd);
+  typename BwdW::primitive_desc wpd(typename BwdW::desc(alg, src, wany, dst, s, pl, pr), attr,
+                                    eng(), fpd);
+  auto reorder = [&attr](const dnnl::memory::desc& a, const dnnl::memory::desc& b) {
+    dnnl::reorder::primitive_desc rpd(eng(), a, eng(), b, attr);
+    return Step{dnnl::reorder(rpd), rpd.scratchpad_desc()};
   };
   return std::make_shared<Prims>(Prims{
       src, dst, plain_w, fpd.weights_desc(), bpd.weights_desc(), wpd.diff_weights_desc(),
-      Fwd(fpd), BwdData(bpd), BwdW(wpd), reorder(plain_w, fpd.weights_desc()),
+      Step{Fwd(fpd), fpd.scratchpad_desc()}, Step{BwdData(bpd), bpd.scratchpad_desc()},
+      Step{BwdW(wpd), wpd.scratchpad_desc()}, reorder(plain_w, fpd.weights_desc()),
       reorder(plain_w, bpd.weights_desc()), reorder(wpd.diff_weights_desc(), plain_w)});
 }
 
@@ -94,10 +118,10 @@ ffi::Error FwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Result
                  transposed);
     dnnl::stream strm(eng());  // one per call: XLA may run two custom calls at once
     dnnl::memory wp(p->plain_w, eng(), w.typed_data()), wb(p->w_fwd, eng());
-    p->to_fwd.execute(strm, wp, wb);
-    p->fwd.execute(strm, {{DNNL_ARG_SRC, dnnl::memory(p->src, eng(), x.typed_data())},
-                          {DNNL_ARG_WEIGHTS, wb},
-                          {DNNL_ARG_DST, dnnl::memory(p->dst, eng(), y->typed_data())}});
+    run(p->to_fwd, strm, {{DNNL_ARG_FROM, wp}, {DNNL_ARG_TO, wb}});
+    run(p->fwd, strm, {{DNNL_ARG_SRC, dnnl::memory(p->src, eng(), x.typed_data())},
+                       {DNNL_ARG_WEIGHTS, wb},
+                       {DNNL_ARG_DST, dnnl::memory(p->dst, eng(), y->typed_data())}});
     strm.wait();
   });
 }
@@ -111,14 +135,14 @@ ffi::Error BwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer
     dnnl::stream strm(eng());
     dnnl::memory ddst(p->dst, eng(), dy.typed_data());
     dnnl::memory wp(p->plain_w, eng(), w.typed_data()), wb(p->w_bwd, eng());
-    p->to_bwd.execute(strm, wp, wb);
-    p->bwd_data.execute(strm, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wb},
-                               {DNNL_ARG_DIFF_SRC, dnnl::memory(p->src, eng(), dx->typed_data())}});
+    run(p->to_bwd, strm, {{DNNL_ARG_FROM, wp}, {DNNL_ARG_TO, wb}});
+    run(p->bwd_data, strm, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wb},
+                            {DNNL_ARG_DIFF_SRC, dnnl::memory(p->src, eng(), dx->typed_data())}});
     dnnl::memory dwb(p->dw, eng());
-    p->bwd_w.execute(strm, {{DNNL_ARG_SRC, dnnl::memory(p->src, eng(), x.typed_data())},
-                            {DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_DIFF_WEIGHTS, dwb}});
+    run(p->bwd_w, strm, {{DNNL_ARG_SRC, dnnl::memory(p->src, eng(), x.typed_data())},
+                         {DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_DIFF_WEIGHTS, dwb}});
     dnnl::memory dwp(p->plain_w, eng(), dw->typed_data());
-    p->from_dw.execute(strm, dwb, dwp);
+    run(p->from_dw, strm, {{DNNL_ARG_FROM, dwb}, {DNNL_ARG_TO, dwp}});
     strm.wait();
   });
 }
