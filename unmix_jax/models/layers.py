@@ -201,11 +201,17 @@ class Conv(nnx.Conv):
   def __call__(self, inputs: jax.Array) -> jax.Array:
     if self.impl == "xla":
       return super().__call__(inputs)
+    y, bias = self.unbiased(inputs)
+    return y + bias
+
+  def unbiased(self, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(output before the bias, bias [Cout] or 0) with the 'cpu' / 'onednn' forms, for a
+    caller that folds the bias into what follows (batchnorm.py)."""
     x, kernel, bias = _operands(self, inputs)
     strides = _strides(self)
     if self.impl == "onednn" and onednn.handles(x.shape, kernel.shape, strides, x.dtype):
-      return onednn.conv(x, kernel, strides) + bias
-    return conv2d(x, kernel, strides, conv_plan(x.shape, kernel.shape, strides)) + bias
+      return onednn.conv(x, kernel, strides), bias
+    return conv2d(x, kernel, strides, conv_plan(x.shape, kernel.shape, strides)), bias
 
 
 class ConvTranspose(nnx.ConvTranspose):
@@ -223,9 +229,14 @@ class ConvTranspose(nnx.ConvTranspose):
   def __call__(self, inputs: jax.Array) -> jax.Array:
     if self.impl == "xla":
       return super().__call__(inputs)
+    y, bias = self.unbiased(inputs)
+    return y + bias
+
+  def unbiased(self, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """As `Conv.unbiased`."""
     x, kernel, bias = _operands(self, inputs)
     strides = _strides(self)
     if self.impl == "onednn" and onednn.handles(x.shape, kernel.shape, strides, x.dtype,
                                                 transposed=True):
-      return onednn.conv_transpose(x, kernel, strides) + bias
-    return conv_transpose2d(x, kernel, strides) + bias
+      return onednn.conv_transpose(x, kernel, strides), bias
+    return conv_transpose2d(x, kernel, strides), bias
