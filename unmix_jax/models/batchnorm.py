@@ -34,12 +34,12 @@ def fusable(norm: nnx.BatchNorm, x: jax.Array) -> bool:
           and norm.use_fast_variance and norm.scale is not None and norm.bias is not None)
 
 
-def batch_norm_relu(norm: nnx.BatchNorm, x: jax.Array, shift: jax.Array, *, train: bool,
-                    fused: bool) -> jax.Array:
+def batch_norm_relu(norm: nnx.BatchNorm, x: jax.Array, shift: jax.Array, *,
+                    train: bool) -> jax.Array:
   """relu(norm(x + shift, use_running_average=not train)). x [..., C], shift [C] or scalar (the
-  conv's bias) -> [..., C], >= 0. With `fused` (the CPU conv impls), training and a `fusable`
-  layer: the four-pass op, and `norm`'s running mean and variance updated as flax does."""
-  if not (fused and train and fusable(norm, x)):
+  conv's bias) -> [..., C], >= 0. In training with a `fusable` layer: the four-pass op, and
+  `norm`'s running mean and variance updated as flax does; otherwise flax's layer."""
+  if not (train and fusable(norm, x)):
     return nnx.relu(norm(x + shift, use_running_average=not train))
   out, mean, var = _bn_relu(x, shift, norm.scale[...], norm.bias[...], norm.epsilon)
   m = norm.momentum
