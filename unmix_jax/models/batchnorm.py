@@ -65,8 +65,7 @@ def _forward(x, scale, bias, epsilon):
 def _bn_relu(x, shift, scale, bias, epsilon):
   """(relu(batch-normalised x + shift), batch mean of x + shift [C], batch variance [C]); mean
   and variance feed the running averages and are not differentiated."""
-  out, mean, var, _ = _forward(x, scale, bias, epsilon)
-  return out, mean + shift, var
+  return _bn_relu_fwd(x, shift, scale, bias, epsilon)[0]
 
 
 def _bn_relu_fwd(x, shift, scale, bias, epsilon):

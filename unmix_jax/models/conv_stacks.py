@@ -21,13 +21,11 @@ class Stage(nnx.Module):
     self.conv = conv(c_in, c_out, (3, 3), strides=(2, 2), dtype=dtype, impl=impl, rngs=rngs)
     self.norm = (nnx.BatchNorm(c_out, momentum=0.9, dtype=dtype, rngs=rngs)
                  if batch_norm else None)
-    # XLA:CPU runs bias + BatchNorm + ReLU faster as one op (batchnorm.py); GPUs keep flax's.
-    self.fused_norm = self.conv.impl != "xla"
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     if self.norm is None:
       return nnx.relu(self.conv(x))
-    if not self.fused_norm:
+    if self.conv.impl == "xla":  # GPUs keep flax's; the CPU impls fuse them (batchnorm.py)
       return nnx.relu(self.norm(self.conv(x), use_running_average=not train))
     y, bias = self.conv.unbiased(x)
     return batchnorm.batch_norm_relu(self.norm, y, bias, train=train)
