@@ -122,6 +122,43 @@ def test_checkpoint_round_trip_and_best_kept(tmp_path):
   ckpts.close()
 
 
+def test_a_checkpoint_with_nnx_variables_restores_into_the_dict_state(tmp_path):
+  """Checkpoints written while TrainState held nnx.State (parameters as nnx.Variable leaves,
+  one `value` level deeper on disk) still restore."""
+  from configs import ae
+  from flax import nnx
+  config = ae.get_config("smoke")
+  tx = train.make_optimizer(config, 10)
+  graphdef, state = train.create_train_state(config, tx)
+  state, _ = single_step(graphdef, config, tx)(
+      state, random_images(), jnp.array([[0, 1], [2, 3]], jnp.int32), jax.random.PRNGKey(0))
+  model = nnx.merge(graphdef, state.params, state.model_state)
+  _, params, rest = nnx.split(model, nnx.Param, ...)
+  adam = state.opt_state[1].inner_state[0]
+
+  def as_state(pure):
+    like = jax.tree.map(jnp.zeros_like, params)
+    nnx.replace_by_pure_dict(like, pure)
+    return like
+
+  inner = (adam._replace(mu=as_state(adam.mu), nu=as_state(adam.nu)),
+           *state.opt_state[1].inner_state[1:])
+  old = state.replace(params=params, model_state=rest, opt_state=(
+      state.opt_state[0], state.opt_state[1]._replace(inner_state=inner)))
+  ckpts = checkpoint.Checkpoints(str(tmp_path))
+  ckpts.save(1, old, {"epoch": 1}, 0.5)
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(old)]
+  assert sum(p.endswith(".value") for p in paths) == 3 * len(jax.tree.leaves(params)) + len(
+      jax.tree.leaves(rest))
+  _, fresh = train.create_train_state(config, tx)
+  restored, meta = ckpts.restore_latest(fresh)
+  assert meta["epoch"] == 1
+  assert jax.tree.structure(restored) == jax.tree.structure(state)
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+    np.testing.assert_array_equal(a, b)
+  ckpts.close()
+
+
 def test_batchnorm_statistics_update_in_training_and_are_used_in_eval():
   from configs import ae
   config = ae.get_config("smoke")

@@ -118,11 +118,42 @@ class Checkpoints:
   def restore(self, step: int, like):
     """Restores step `step` onto the structure, shapes and dtypes of the pytree `like`."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    out = self._manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    try:
+      out = self._manager.restore(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    except ValueError as e:
+      if "tree structures do not match" not in str(e):
+        raise
+      return self._restore_by_path(step, like), self.read_meta(step)
     return out["state"], out["meta"]
+
+  def _restore_by_path(self, step: int, like):
+    """Reads step `step` without a target and places each saved array at the leaf of `like`
+    with the same path. Checkpoints written before the train state held plain dicts (until
+    2026-11) store every parameter as an nnx.Variable, one `value` level deeper; that level is
+    dropped. Raises ValueError, naming a path, when the trees differ otherwise."""
+    raw = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+
+    def names(path, drop_value: bool) -> tuple[str, ...]:
+      keys = tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))))
+                   for k in path)
+      return keys[:-1] if drop_value and keys and keys[-1] == "value" else keys
+
+    saved = {names(p, True): x for p, x in jax.tree_util.tree_leaves_with_path(raw)}
+    wanted, treedef = jax.tree_util.tree_flatten_with_path(like)
+    leaves = []
+    for path, target in wanted:
+      x = saved.pop(names(path, False), None)
+      if x is None or x.shape != target.shape:
+        raise ValueError(f"checkpoint step {step} has no array of shape {target.shape} at "
+                         f"{jax.tree_util.keystr(path)}")
+      leaves.append(jax.numpy.asarray(x, target.dtype))
+    if saved:
+      raise ValueError(f"checkpoint step {step} holds arrays the model lacks: {sorted(saved)[:3]}")
+    return jax.tree.unflatten(treedef, leaves)
 
   def restore_latest(self, like, model: dict | None = None):
     """(state, meta) of the newest readable checkpoint, or None when there is none.

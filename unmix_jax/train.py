@@ -78,8 +78,11 @@ class StopRequests:
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array  # int32 scalar: updates applied so far
-  params: nnx.State  # trainable parameters (nnx.Param)
-  model_state: nnx.State  # everything else the model carries, e.g. BatchNorm statistics
+  # Nested dicts of arrays (`nnx.to_pure_dict`), not nnx.State: every jitted call flattens its
+  # arguments and rebuilds its outputs on the host, and with ~140 nnx.Variable objects that took
+  # 1.3-4 ms per AE step instead of 0.5-1. `nnx.merge(graphdef, params, model_state)` takes them.
+  params: dict  # trainable parameters (nnx.Param)
+  model_state: dict  # everything else the model carries, e.g. BatchNorm statistics
   opt_state: optax.OptState
 
 
@@ -111,6 +114,7 @@ def create_train_state(config, tx) -> tuple[nnx.GraphDef, TrainState]:
   model = models.build(config.model, config.seed, dtype=jnp.dtype(config.train.compute_dtype),
                        conv_impl=config.train.conv_impl)
   graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+  params, model_state = nnx.to_pure_dict(params), nnx.to_pure_dict(model_state)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                      opt_state=tx.init(params))
   return graphdef, state
@@ -145,7 +149,7 @@ def _step_function(graphdef, config, tx) -> Callable:
       out = model(m, train=True, key=jax.random.fold_in(step_key, 0))
       loss, parts = losses.total_loss(config, out, x1, x2, state.step)
       _, _, model_state = nnx.split(model, nnx.Param, ...)
-      return loss, (parts, model_state)
+      return loss, (parts, nnx.to_pure_dict(model_state))
 
     grads, (parts, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
