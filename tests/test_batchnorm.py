@@ -9,7 +9,10 @@ from flax import nnx
 from configs import ae
 from tests.test_layers import rel_err
 from unmix_jax import models
-from unmix_jax.models import batchnorm
+from unmix_jax.models import batchnorm, onednn
+
+IMPLS = ["cpu", pytest.param("onednn", marks=pytest.mark.skipif(
+    onednn.unavailable() is not None, reason=f"{onednn.unavailable()}"))]
 
 
 def make_norm(c: int, seed: int = 0) -> nnx.BatchNorm:
@@ -22,16 +25,17 @@ def make_norm(c: int, seed: int = 0) -> nnx.BatchNorm:
   return norm
 
 
-def run(norm: nnx.BatchNorm, x, shift, probe, fused: bool):
+def run(norm: nnx.BatchNorm, x, shift, probe, fused: str | None):
   """Output, gradients w.r.t. (x, scale, bias) of sum(out * probe), the updated running
-  statistics, and the gradient w.r.t. shift, of one training-mode call."""
+  statistics, and the gradient w.r.t. shift, of one training-mode call; `fused`: the impl of
+  batch_norm_relu, or None for flax's layers."""
   graphdef, params, stats = nnx.split(norm, nnx.Param, nnx.BatchStat)
 
   def loss(x, params, shift):
     # Fresh statistics variables inside the trace, which mutates them (as train.py does).
     model = nnx.merge(graphdef, params, jax.tree.map(jnp.asarray, stats))
     if fused:
-      out = batchnorm.batch_norm_relu(model, x, shift, train=True)
+      out = batchnorm.batch_norm_relu(model, x, shift, train=True, impl=fused)
     else:
       out = nnx.relu(model(x + shift, use_running_average=False))
     return jnp.sum(out * probe), (out, nnx.state(model, nnx.BatchStat))
@@ -44,12 +48,13 @@ def run(norm: nnx.BatchNorm, x, shift, probe, fused: bool):
 # Odd sizes, one channel, and a mean far from zero against the std (the E[x^2] - E[x]^2 form).
 @pytest.mark.parametrize("shape,offset", [((2, 3, 5, 6), 0.0), ((4, 8, 8, 1), 0.0),
                                           ((8, 4, 4, 16), 3.0), ((3, 7, 1, 5), -2.0)])
-def test_fused_equals_flax_batchnorm_then_relu(shape, offset):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_fused_equals_flax_batchnorm_then_relu(shape, offset, impl):
   x = offset + jax.random.normal(jax.random.PRNGKey(1), shape)
   shift = 0.5 * jax.random.normal(jax.random.PRNGKey(3), shape[-1:])
   probe = jax.random.normal(jax.random.PRNGKey(2), shape)
-  got, d_shift = run(make_norm(shape[-1]), x, shift, probe, fused=True)
-  want, d_shift_flax = run(make_norm(shape[-1]), x, shift, probe, fused=False)
+  got, d_shift = run(make_norm(shape[-1]), x, shift, probe, fused=impl)
+  want, d_shift_flax = run(make_norm(shape[-1]), x, shift, probe, fused=None)
   assert float(jnp.mean(want[0] > 0)) not in (0.0, 1.0)  # the ReLU mask matters here
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     assert rel_err(a, b) <= 1e-5
@@ -73,15 +78,16 @@ def test_evaluation_and_other_dtypes_take_flax_path():
       batchnorm.batch_norm_relu(norm, x16, 0.0, train=True), want)
 
 
-def test_autoencoder_trains_the_same_with_both_implementations():
-  """Train-mode loss gradients and updated BatchNorm statistics of the whole AE: 'cpu' (fused
-  BatchNorm + ReLU, matrix-product convs) against 'xla' (flax's layers)."""
+@pytest.mark.parametrize("impl", IMPLS)
+def test_autoencoder_trains_the_same_as_with_flax_layers(impl):
+  """Train-mode loss gradients and updated BatchNorm statistics of the whole AE: `impl` (fused
+  BatchNorm + ReLU; matrix-product or oneDNN convs) against 'xla' (flax's layers)."""
   config = ae.get_config("smoke")
   m = jax.random.uniform(jax.random.PRNGKey(0), (4, 32, 32, 3))
   probe = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
   results = []
-  for impl in ("cpu", "xla"):
-    model = models.build(config.model, 0, conv_impl=impl)
+  for conv_impl in (impl, "xla"):
+    model = models.build(config.model, 0, conv_impl=conv_impl)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss(params):

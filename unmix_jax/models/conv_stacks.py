@@ -28,7 +28,7 @@ class Stage(nnx.Module):
     if self.conv.impl == "xla":  # GPUs keep flax's; the CPU impls fuse them (batchnorm.py)
       return nnx.relu(self.norm(self.conv(x), use_running_average=not train))
     y, bias = self.conv.unbiased(x)
-    return batchnorm.batch_norm_relu(self.norm, y, bias, train=train)
+    return batchnorm.batch_norm_relu(self.norm, y, bias, train=train, impl=self.conv.impl)
 
 
 class Encoder(nnx.Module):

@@ -1,11 +1,11 @@
-"""oneDNN's direct convolution for the 3x3 stride-1 convs, through XLA's FFI (conv_impl='onednn').
+"""oneDNN's convolutions and BatchNorm + ReLU through XLA's FFI (conv_impl='onednn').
 
-On the CPU these convs hold most of the U-Net's FLOPs, and every XLA formulation of them (stock,
-im2col, taps, Winograd) runs 2-3x slower than oneDNN's direct kernels, the ones PyTorch uses
-(README, Performance). `onednn_conv.cc` wraps the forward and backward primitives as two FFI
-custom calls; it is compiled on first use (g++, oneDNN 2.x: `apt install g++ libdnnl-dev`) into
-`~/.cache/unmix_jax/` and loaded once per process.
-"""
+On the CPU the 3x3 convs hold most of the U-Net's FLOPs, and every XLA formulation of them
+(stock, im2col, taps, Winograd) runs 2-3x slower than oneDNN's direct kernels, the ones PyTorch
+uses (README, Performance). `onednn_ops.cc` wraps the forward and backward primitives as FFI
+custom calls: convolution, and training-mode batch normalisation with its ReLU (which XLA runs
+as several passes over the activation). It is compiled on first use (g++, oneDNN 2.x:
+`apt install g++ libdnnl-dev`) into `~/.cache/unmix_jax/` and loaded once per process."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from unmix_jax.models import padding
 
-_SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
+_SOURCE = pathlib.Path(__file__).with_name("onednn_ops.cc")
 _HINT = ("config.train.conv_impl='onednn' needs g++ and oneDNN 2.x headers and library "
          "(Debian/Ubuntu: apt install g++ libdnnl-dev), or use conv_impl='cpu'")
 
@@ -33,11 +33,11 @@ def _cache_dir() -> pathlib.Path:
 
 
 @functools.lru_cache(maxsize=None)
-def load() -> None:
+def load() -> ctypes.CDLL:
   """Builds (once per source and jax version) and registers the custom calls; a ValueError with
   one line naming the fix when the compiler or oneDNN is missing."""
   digest = hashlib.sha256(_SOURCE.read_bytes() + jax.__version__.encode()).hexdigest()[:16]
-  library = _cache_dir() / f"onednn_conv-{digest}.so"
+  library = _cache_dir() / f"onednn_ops-{digest}.so"
   if not library.exists():
     library.parent.mkdir(parents=True, exist_ok=True)
     partial = library.with_suffix(f".{os.getpid()}.tmp")  # concurrent first uses do not collide
@@ -57,8 +57,12 @@ def load() -> None:
     raise ValueError(f"{_HINT}: {e}.") from None
   jax.ffi.register_ffi_target("unmix_onednn_conv_fwd", jax.ffi.pycapsule(handle.DnnlConvFwd),
                               platform="cpu")
-  jax.ffi.register_ffi_target("unmix_onednn_conv_bwd", jax.ffi.pycapsule(handle.DnnlConvBwd),
-                              platform="cpu")
+  for name, symbol in (("conv_bwd", handle.DnnlConvBwd), ("bn_fwd", handle.DnnlBnFwd),
+                       ("bn_bwd", handle.DnnlBnBwd)):
+    jax.ffi.register_ffi_target(f"unmix_onednn_{name}", jax.ffi.pycapsule(symbol), platform="cpu")
+  handle.UnmixBnWorkspaceBytes.restype = ctypes.c_int64
+  handle.UnmixBnWorkspaceBytes.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_float]
+  return handle
 
 
 @functools.lru_cache(maxsize=None)
@@ -139,3 +143,25 @@ def _bwd(spec, residuals, dy):
 
 
 _call.defvjp(_fwd, _bwd)
+
+
+def batch_norm_relu(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float):
+  """Training-mode relu(BatchNorm(x)) over the channels. x [B, H, W, C] float32, scale and
+  bias [C] -> (out [B, H, W, C] >= 0, batch mean [C], biased batch variance [C], workspace:
+  uint8 bytes of the ReLU mask that `batch_norm_relu_grads` reads). `load()` first."""
+  eps = np.float32(epsilon)
+  size = load().UnmixBnWorkspaceBytes(*x.shape, eps)
+  if size < 0:
+    raise ValueError(f"oneDNN has no batch normalisation for shape {x.shape}")
+  channels = jax.ShapeDtypeStruct(x.shape[-1:], x.dtype)
+  return jax.ffi.ffi_call("unmix_onednn_bn_fwd", (
+      jax.ShapeDtypeStruct(x.shape, x.dtype), channels, channels,
+      jax.ShapeDtypeStruct((size,), jnp.uint8)))(x, scale, bias, eps=eps)
+
+
+def batch_norm_relu_grads(x, mean, var, scale, bias, workspace, d_out, epsilon: float):
+  """Gradients of `batch_norm_relu`'s output: (d_x [B, H, W, C], d_scale [C], d_bias [C])."""
+  channels = jax.ShapeDtypeStruct(x.shape[-1:], x.dtype)
+  return jax.ffi.ffi_call("unmix_onednn_bn_bwd", (
+      jax.ShapeDtypeStruct(x.shape, x.dtype), channels, channels))(
+          x, mean, var, scale, bias, workspace, d_out, eps=np.float32(epsilon))

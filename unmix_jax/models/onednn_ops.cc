@@ -1,8 +1,8 @@
-// oneDNN's direct convolution and transposed convolution (x NHWC, kernel HWIO, float32, any
-// kernel size, strides and explicit padding) as two XLA FFI custom calls: the forward, and the
-// backward pass (input and kernel gradients in one call). The `transposed` attribute picks
-// oneDNN's deconvolution, PyTorch's ConvTranspose2d convention (onednn.py flips the kernel to
-// match lax). Built on first use by unmix_jax/models/onednn.py against oneDNN 2.x (libdnnl-dev).
+// oneDNN primitives as XLA FFI custom calls, float32 NHWC: direct convolution and transposed
+// convolution (kernel HWIO, any kernel size, strides and explicit padding), forward and backward
+// (input and kernel gradients in one call), and training-mode batch normalisation + ReLU (end of
+// file). The `transposed` attribute picks oneDNN's deconvolution, PyTorch's ConvTranspose2d
+// convention (onednn.py flips the kernel to match lax). Built on first use by unmix_jax/models/onednn.py against oneDNN 2.x (libdnnl-dev).
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -158,3 +158,102 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DnnlConvBwd, BwdImpl,
     ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
         .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
         UNMIX_CONV_ATTRS);
+
+// Training-mode batch normalisation with the ReLU that follows it, over the channels of an NHWC
+// float32 tensor: scale and shift on, batch mean and biased variance computed and returned.
+// The forward writes a workspace (the ReLU mask) that the backward reads; `UnmixBnWorkspaceBytes`
+// tells Python its size.
+struct BnPrims {
+  dnnl::memory::desc data, channels, ws;
+  Step fwd, bwd;
+};
+
+static std::shared_ptr<BnPrims> get_bn(ffi::Span<const int64_t> x, float eps) {
+  static std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, float>,
+                  std::shared_ptr<BnPrims>> cache;
+  static std::mutex mu;
+  std::lock_guard<std::mutex> l(mu);
+  auto key = std::make_tuple(x[0], x[1], x[2], x[3], eps);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  dnnl::memory::desc data({x[0], x[3], x[1], x[2]}, dt::f32, tag::nhwc);
+  dnnl::memory::desc channels({x[3]}, dt::f32, tag::x);
+  auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift |
+               dnnl::normalization_flags::fuse_norm_relu;
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  dnnl::batch_normalization_forward::primitive_desc fpd(
+      dnnl::batch_normalization_forward::desc(dnnl::prop_kind::forward_training, data, eps,
+                                              flags), attr, eng());
+  dnnl::batch_normalization_backward::primitive_desc bpd(
+      dnnl::batch_normalization_backward::desc(dnnl::prop_kind::backward, data, data, eps, flags),
+      attr, eng(), fpd);
+  auto made = std::make_shared<BnPrims>(BnPrims{
+      data, channels, fpd.workspace_desc(),
+      Step{dnnl::batch_normalization_forward(fpd), fpd.scratchpad_desc()},
+      Step{dnnl::batch_normalization_backward(bpd), bpd.scratchpad_desc()}});
+  cache[key] = made;
+  return made;
+}
+
+extern "C" int64_t UnmixBnWorkspaceBytes(int64_t n, int64_t h, int64_t w, int64_t c, float eps) {
+  try {
+    int64_t dims[4] = {n, h, w, c};
+    return static_cast<int64_t>(get_bn(ffi::Span<const int64_t>(dims, 4), eps)->ws.get_size());
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
+
+ffi::Error BnFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
+                     ffi::Buffer<ffi::F32> shift, ffi::ResultBuffer<ffi::F32> y,
+                     ffi::ResultBuffer<ffi::F32> mean, ffi::ResultBuffer<ffi::F32> var,
+                     ffi::ResultBuffer<ffi::U8> ws, float eps) {
+  return guarded([&] {
+    auto p = get_bn(x.dimensions(), eps);
+    dnnl::stream strm(eng());
+    auto mem = [&](const dnnl::memory::desc& d, void* ptr) { return dnnl::memory(d, eng(), ptr); };
+    run(p->fwd, strm, {{DNNL_ARG_SRC, mem(p->data, x.typed_data())},
+                       {DNNL_ARG_SCALE, mem(p->channels, scale.typed_data())},
+                       {DNNL_ARG_SHIFT, mem(p->channels, shift.typed_data())},
+                       {DNNL_ARG_DST, mem(p->data, y->typed_data())},
+                       {DNNL_ARG_MEAN, mem(p->channels, mean->typed_data())},
+                       {DNNL_ARG_VARIANCE, mem(p->channels, var->typed_data())},
+                       {DNNL_ARG_WORKSPACE, mem(p->ws, ws->typed_data())}});
+    strm.wait();
+  });
+}
+
+ffi::Error BnBwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> mean,
+                     ffi::Buffer<ffi::F32> var, ffi::Buffer<ffi::F32> scale,
+                     ffi::Buffer<ffi::F32> shift, ffi::Buffer<ffi::U8> ws,
+                     ffi::Buffer<ffi::F32> dy,
+                     ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dscale,
+                     ffi::ResultBuffer<ffi::F32> dshift, float eps) {
+  return guarded([&] {
+    auto p = get_bn(x.dimensions(), eps);
+    dnnl::stream strm(eng());
+    auto mem = [&](const dnnl::memory::desc& d, void* ptr) { return dnnl::memory(d, eng(), ptr); };
+    run(p->bwd, strm, {{DNNL_ARG_SRC, mem(p->data, x.typed_data())},
+                       {DNNL_ARG_MEAN, mem(p->channels, mean.typed_data())},
+                       {DNNL_ARG_VARIANCE, mem(p->channels, var.typed_data())},
+                       {DNNL_ARG_SCALE, mem(p->channels, scale.typed_data())},
+                       {DNNL_ARG_SHIFT, mem(p->channels, shift.typed_data())},
+                       {DNNL_ARG_WORKSPACE, mem(p->ws, ws.typed_data())},
+                       {DNNL_ARG_DIFF_DST, mem(p->data, dy.typed_data())},
+                       {DNNL_ARG_DIFF_SRC, mem(p->data, dx->typed_data())},
+                       {DNNL_ARG_DIFF_SCALE, mem(p->channels, dscale->typed_data())},
+                       {DNNL_ARG_DIFF_SHIFT, mem(p->channels, dshift->typed_data())}});
+    strm.wait();
+  });
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DnnlBnFwd, BnFwdImpl,
+    ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+        .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::U8>>().Attr<float>("eps"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DnnlBnBwd, BnBwdImpl,
+    ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+        .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+        .Arg<ffi::Buffer<ffi::U8>>().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>().Attr<float>("eps"));
