@@ -142,9 +142,15 @@ def measure(config, *, steps: int, repeats: int, warmup: int, other=None) -> dic
     other.run(warmup)
   ceiling = MatmulCeiling()
   loop, resident, theirs, ceilings = [], [], [], []
-  for _ in range(repeats):
-    loop.append(jstep.run(steps))
-    resident.append(jstep.run_resident(steps))
+  for r in range(repeats):
+    # The first round after a pause runs a few % slower (cold caches, sleeping threads); with a
+    # fixed order that showed up as host overhead, so the two JAX rounds swap places each time.
+    if r % 2:
+      resident.append(jstep.run_resident(steps))
+      loop.append(jstep.run(steps))
+    else:
+      loop.append(jstep.run(steps))
+      resident.append(jstep.run_resident(steps))
     ceilings.append(ceiling.run())
     if other is not None:
       time.sleep(PAUSE_S)
