@@ -196,6 +196,10 @@ static std::shared_ptr<BnPrims> get_bn(ffi::Span<const int64_t> x, float eps) {
   return made;
 }
 
+static dnnl::memory mem(const dnnl::memory::desc& d, void* data) {
+  return dnnl::memory(d, eng(), data);
+}
+
 extern "C" int64_t UnmixBnWorkspaceBytes(int64_t n, int64_t h, int64_t w, int64_t c, float eps) {
   try {
     int64_t dims[4] = {n, h, w, c};
@@ -212,7 +216,6 @@ ffi::Error BnFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
   return guarded([&] {
     auto p = get_bn(x.dimensions(), eps);
     dnnl::stream strm(eng());
-    auto mem = [&](const dnnl::memory::desc& d, void* ptr) { return dnnl::memory(d, eng(), ptr); };
     run(p->fwd, strm, {{DNNL_ARG_SRC, mem(p->data, x.typed_data())},
                        {DNNL_ARG_SCALE, mem(p->channels, scale.typed_data())},
                        {DNNL_ARG_SHIFT, mem(p->channels, shift.typed_data())},
@@ -233,7 +236,6 @@ ffi::Error BnBwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> mean,
   return guarded([&] {
     auto p = get_bn(x.dimensions(), eps);
     dnnl::stream strm(eng());
-    auto mem = [&](const dnnl::memory::desc& d, void* ptr) { return dnnl::memory(d, eng(), ptr); };
     run(p->bwd, strm, {{DNNL_ARG_SRC, mem(p->data, x.typed_data())},
                        {DNNL_ARG_MEAN, mem(p->channels, mean.typed_data())},
                        {DNNL_ARG_VARIANCE, mem(p->channels, var.typed_data())},
