@@ -148,7 +148,8 @@ _call.defvjp(_fwd, _bwd)
 def batch_norm_relu(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float):
   """Training-mode relu(BatchNorm(x)) over the channels. x [B, H, W, C] float32, scale and
   bias [C] -> (out [B, H, W, C] >= 0, batch mean [C], biased batch variance [C], workspace:
-  uint8 bytes of the ReLU mask that `batch_norm_relu_grads` reads). `load()` first."""
+  uint8 bytes of the ReLU mask that `batch_norm_relu_grads` reads; its size is asked of the
+  library at trace time)."""
   eps = np.float32(epsilon)
   size = load().UnmixBnWorkspaceBytes(*x.shape, eps)
   if size < 0:
