@@ -2,7 +2,8 @@
 // convolution (kernel HWIO, any kernel size, strides and explicit padding), forward and backward
 // (input and kernel gradients in one call), and training-mode batch normalisation + ReLU (end of
 // file). The `transposed` attribute picks oneDNN's deconvolution, PyTorch's ConvTranspose2d
-// convention (onednn.py flips the kernel to match lax). Built on first use by unmix_jax/models/onednn.py against oneDNN 2.x (libdnnl-dev).
+// convention (onednn.py flips the kernel to match lax). Built on first use by
+// unmix_jax/models/onednn.py against oneDNN 2.x (libdnnl-dev).
 #include <cstdint>
 #include <map>
 #include <memory>
