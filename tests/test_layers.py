@@ -41,10 +41,14 @@ def stock_conv_transpose(strides):
                                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-@pytest.mark.parametrize("plan", ["im2col", "taps", "xla"])
-@pytest.mark.parametrize("k,s", [(3, 1), (3, 2), (1, 1), (2, 2)])
+@pytest.mark.parametrize("plan", ["im2col", "taps", "valid_taps", "xla"])
+@pytest.mark.parametrize("k,s", [(3, 1), (3, 2), (1, 1), (2, 2), (2, 1), (5, 1)])
 @pytest.mark.parametrize("hw", [1, 2, 5, 8, 9])
 def test_conv_plans_equal_lax_conv_in_value_and_gradient(plan, k, s, hw):
+  if plan == "valid_taps" and s != 1:
+    with pytest.raises(ValueError, match="stride-1"):
+      layers.conv2d(jnp.zeros((1, hw, hw, 2)), jnp.zeros((k, k, 2, 3)), (s, s), plan)
+    return
   x = jax.random.normal(jax.random.PRNGKey(0), (3, hw, hw + 1, 5))
   kernel = jax.random.normal(jax.random.PRNGKey(1), (k, k, 5, 7))
   got = value_and_grads(lambda x, w: layers.conv2d(x, w, (s, s), plan), x, kernel)
@@ -67,9 +71,10 @@ def test_transposed_conv_equals_lax_conv_transpose_in_value_and_gradient(k, s, h
 
 
 def test_the_plan_covers_every_formulation_on_the_default_unet_shapes():
-  plans = {layers.conv_plan((64, hw, hw, c), (3, 3, c, c), (1, 1))
-           for hw, c in [(32, 38), (8, 152), (2, 608)]}
-  assert plans == {"taps", "xla", "im2col"}
+  plans = [layers.conv_plan((64, hw, hw, cin), (3, 3, cin, cout), (1, 1))
+           for hw, cin, cout in [(32, 3, 38), (32, 38, 38), (8, 152, 152), (2, 608, 608)]]
+  assert plans == ["im2col", "taps", "valid_taps", "valid_taps"]
+  assert layers.conv_plan((64, 32, 32, 16), (3, 3, 16, 3), (1, 1)) == "xla"  # the AE's last
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -174,7 +179,7 @@ def test_layer_timings_cover_every_conv_of_the_model():
       (kind, x, k) for kind, x, k, _ in benchmark.conv_layers(config)]
   for row in rows:
     assert row["xla_ms"] > 0 and row["cpu_ms"] > 0 and "torch_ms" not in row
-    assert row["plan"] in {"xla", "im2col", "taps", "phase-matmul"}
+    assert row["plan"] in {"xla", "im2col", "taps", "valid_taps", "phase-matmul"}
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
