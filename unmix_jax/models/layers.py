@@ -35,7 +35,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from unmix_jax.models import onednn, padding
