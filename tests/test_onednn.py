@@ -67,10 +67,24 @@ def test_handles_only_the_shapes_it_wins_on():
   assert onednn.handles((64, 32, 32, 38), (1, 1, 38, 3), (1, 1), f32)
   assert onednn.handles((64, 32, 32, 3), (3, 3, 3, 32), (2, 2), f32)  # AE's first conv
   assert onednn.handles((64, 4, 4, 64), (3, 3, 64, 56), (2, 2), f32, transposed=True)
+  assert onednn.handles((64, 32, 32, 3), (3, 3, 3, 38), (1, 1), f32)  # U-Net's first conv
   assert not onednn.handles((64, 4, 4, 304), (3, 3, 304, 304), (1, 1), f32)
-  assert not onednn.handles((64, 32, 32, 3), (3, 3, 3, 38), (1, 1), f32)  # U-Net's first conv
   assert not onednn.handles((64, 8, 8, 152), (2, 2, 152, 76), (2, 2), f32, transposed=True)
   assert not onednn.handles((64, 32, 32, 38), (3, 3, 38, 38), (1, 1), jnp.bfloat16)
+
+
+def test_the_input_gradient_is_computed_only_where_it_is_read():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 3, 4))
+
+  def targets(argnums):
+    loss = lambda x, w: jnp.sum(onednn.conv(x, w, (1, 1)) ** 2)
+    hlo = jax.jit(jax.grad(loss, argnums=argnums)).lower(x, kernel).compile().as_text()
+    return {t for t in ("conv_fwd", "conv_bwd_data", "conv_bwd_weights")
+            if f'custom_call_target="unmix_onednn_{t}"' in hlo}
+
+  assert targets(1) == {"conv_fwd", "conv_bwd_weights"}  # a first layer: x is data
+  assert targets((0, 1)) == {"conv_fwd", "conv_bwd_data", "conv_bwd_weights"}
 
 
 def test_auto_picks_onednn_where_it_builds():

@@ -57,8 +57,9 @@ def load() -> ctypes.CDLL:
     raise ValueError(f"{_HINT}: {e}.") from None
   jax.ffi.register_ffi_target("unmix_onednn_conv_fwd", jax.ffi.pycapsule(handle.DnnlConvFwd),
                               platform="cpu")
-  for name, symbol in (("conv_bwd", handle.DnnlConvBwd), ("bn_fwd", handle.DnnlBnFwd),
-                       ("bn_bwd", handle.DnnlBnBwd)):
+  for name, symbol in (("conv_bwd_data", handle.DnnlConvBwdData),
+                       ("conv_bwd_weights", handle.DnnlConvBwdWeights),
+                       ("bn_fwd", handle.DnnlBnFwd), ("bn_bwd", handle.DnnlBnBwd)):
     jax.ffi.register_ffi_target(f"unmix_onednn_{name}", jax.ffi.pycapsule(symbol), platform="cpu")
   handle.UnmixBnWorkspaceBytes.restype = ctypes.c_int64
   handle.UnmixBnWorkspaceBytes.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_float]
@@ -79,15 +80,16 @@ def unavailable() -> str | None:
 def handles(x_shape, kernel_shape, strides, dtype, transposed: bool = False) -> bool:
   """Whether `conv` / `conv_transpose` runs this float32 layer: the faster choice in per-layer
   timings (README, Performance; `experiments.benchmark --layers`). oneDNN wins on strided and
-  transposed 3x3 convs and on 3x3 / 1x1 convs at 8x8 or larger; the `cpu` matrix products win
-  where the layer is nearly one matmul: 2x2 and 4x4 inputs, the U-Net's 2x2 stride-2
-  up-sampling (kernel = stride), and stride-1 convs of the RGB input."""
+  transposed 3x3 convs and on every conv at 8x8 or larger, the RGB input's included (its
+  unneeded input gradient is never computed, see `_bwd`); the `cpu` matrix products win where
+  the layer is nearly one matmul: 2x2 and 4x4 inputs and the U-Net's 2x2 stride-2 up-sampling
+  (kernel = stride)."""
   if jnp.dtype(dtype) != jnp.float32:
     return False
-  _, h, w, cin = x_shape
+  _, h, w, _ = x_shape
   if transposed:
     return all(k > s for k, s in zip(kernel_shape[:2], strides))
-  return tuple(strides) != (1, 1) or (min(h, w) >= 8 and cin > 4)
+  return tuple(strides) != (1, 1) or min(h, w) >= 8
 
 
 def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
@@ -138,8 +140,13 @@ def _fwd(x, kernel, spec):
 
 def _bwd(spec, residuals, dy):
   x, kernel = residuals
-  grads = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(kernel.shape, kernel.dtype))
-  return tuple(jax.ffi.ffi_call("unmix_onednn_conv_bwd", grads)(x, kernel, dy, **_attrs(spec)))
+  # Two calls, so that XLA drops the input gradient where nothing reads it (the RGB input).
+  dx = jax.ffi.ffi_call("unmix_onednn_conv_bwd_data", jax.ShapeDtypeStruct(x.shape, x.dtype))(
+      x, kernel, dy, **_attrs(spec))
+  dk = jax.ffi.ffi_call("unmix_onednn_conv_bwd_weights",
+                        jax.ShapeDtypeStruct(kernel.shape, kernel.dtype))(
+      x, kernel, dy, **_attrs(spec))
+  return dx, dk
 
 
 _call.defvjp(_fwd, _bwd)

@@ -1,6 +1,6 @@
 // oneDNN primitives as XLA FFI custom calls, float32 NHWC: direct convolution and transposed
 // convolution (kernel HWIO, any kernel size, strides and explicit padding), forward and backward
-// (input and kernel gradients in one call), and training-mode batch normalisation + ReLU (end of
+// (input and kernel gradients), and training-mode batch normalisation + ReLU (end of
 // file). The `transposed` attribute picks oneDNN's deconvolution, PyTorch's ConvTranspose2d
 // convention (onednn.py flips the kernel to match lax). Built on first use by
 // unmix_jax/models/onednn.py against oneDNN 2.x (libdnnl-dev).
@@ -127,21 +127,36 @@ ffi::Error FwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Result
   });
 }
 
-ffi::Error BwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> dy,
-                   ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dw, int64_t sh,
-                   int64_t sw, int64_t pt, int64_t pl, int64_t pb, int64_t pr, bool transposed) {
+// The input and kernel gradients are separate calls so that XLA drops the first where nothing
+// needs it (the input of the first layer is data).
+ffi::Error BwdDataImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> dy,
+                       ffi::ResultBuffer<ffi::F32> dx, int64_t sh, int64_t sw, int64_t pt,
+                       int64_t pl, int64_t pb, int64_t pr, bool transposed) {
   return guarded([&] {
     auto p = get(x.dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pl, pb, pr,
                  transposed);
     dnnl::stream strm(eng());
-    dnnl::memory ddst(p->dst, eng(), dy.typed_data());
     dnnl::memory wp(p->plain_w, eng(), w.typed_data()), wb(p->w_bwd, eng());
     run(p->to_bwd, strm, {{DNNL_ARG_FROM, wp}, {DNNL_ARG_TO, wb}});
-    run(p->bwd_data, strm, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wb},
+    run(p->bwd_data, strm, {{DNNL_ARG_DIFF_DST, dnnl::memory(p->dst, eng(), dy.typed_data())},
+                            {DNNL_ARG_WEIGHTS, wb},
                             {DNNL_ARG_DIFF_SRC, dnnl::memory(p->src, eng(), dx->typed_data())}});
+    strm.wait();
+  });
+}
+
+ffi::Error BwdWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                          ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw, int64_t sh,
+                          int64_t sw, int64_t pt, int64_t pl, int64_t pb, int64_t pr,
+                          bool transposed) {
+  return guarded([&] {
+    auto p = get(x.dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pl, pb, pr,
+                 transposed);
+    dnnl::stream strm(eng());
     dnnl::memory dwb(p->dw, eng());
     run(p->bwd_w, strm, {{DNNL_ARG_SRC, dnnl::memory(p->src, eng(), x.typed_data())},
-                         {DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_DIFF_WEIGHTS, dwb}});
+                         {DNNL_ARG_DIFF_DST, dnnl::memory(p->dst, eng(), dy.typed_data())},
+                         {DNNL_ARG_DIFF_WEIGHTS, dwb}});
     dnnl::memory dwp(p->plain_w, eng(), dw->typed_data());
     run(p->from_dw, strm, {{DNNL_ARG_FROM, dwb}, {DNNL_ARG_TO, dwp}});
     strm.wait();
@@ -155,10 +170,12 @@ ffi::Error BwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DnnlConvFwd, FwdImpl,
     ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
         .Ret<ffi::Buffer<ffi::F32>>() UNMIX_CONV_ATTRS);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(DnnlConvBwd, BwdImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DnnlConvBwdData, BwdDataImpl,
     ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
-        .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
-        UNMIX_CONV_ATTRS);
+        .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>() UNMIX_CONV_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DnnlConvBwdWeights, BwdWeightsImpl,
+    ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+        .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>() UNMIX_CONV_ATTRS);
 
 // Training-mode batch normalisation with the ReLU that follows it, over the channels of an NHWC
 // float32 tensor: scale and shift on, batch mean and biased variance computed and returned.
