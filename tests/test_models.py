@@ -141,3 +141,25 @@ def test_same_seed_same_parameters():
   c = nnx.state(models.build(cfg, 1), nnx.Param)
   assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
   assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(c)))
+
+
+def test_unet_max_pool_gradient_equals_autodiff_of_max():
+  """The pool's one-pass gradient against jax's autodiff of `max`: equal on inputs without ties,
+  and after a ReLU (ties of zeros) once the ReLU's own gradient is applied, as in the U-Net."""
+  from unmix_jax.models import unet as unet_model
+
+  def reference(x):
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 4, 5)) - 0.5
+  probe = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 2, 5))
+  assert float(jnp.min(reference(jax.nn.relu(x)))) == 0.0  # some windows are all ReLU zeros
+  for pre in (lambda x: x, jax.nn.relu):
+    grads = [jax.grad(lambda x: jnp.sum(pool(pre(x)) * probe))(x)
+             for pool in (unet_model.max_pool_2x2, reference)]
+    np.testing.assert_array_equal(unet_model.max_pool_2x2(pre(x)), reference(pre(x)))
+    np.testing.assert_allclose(grads[0], grads[1], rtol=0, atol=1e-6)
+  # Without ties: exactly one input per window receives its gradient.
+  assert np.count_nonzero(jax.grad(lambda x: jnp.sum(unet_model.max_pool_2x2(x) * probe))(x)) \
+      == probe.size
