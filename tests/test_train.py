@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import unet
@@ -185,3 +186,16 @@ def test_a_run_saved_before_a_config_field_existed_still_opens(tmp_path):
     json.dump(saved, f)
   config = runs.load_config(str(tmp_path))
   assert config.train.compute_dtype == "float32" and config.model.latent_dim == 7
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 100.0])
+def test_clip_by_global_norm_equals_optax(scale):
+  grads = {"a": jax.random.normal(jax.random.PRNGKey(0), (3, 4)) * scale,
+           "b": jax.random.normal(jax.random.PRNGKey(1), (5,)) * scale}
+  ours, ref = train.clip_by_global_norm(1.0), optax.clip_by_global_norm(1.0)
+  assert jax.tree.structure(ours.init(grads)) == jax.tree.structure(ref.init(grads))
+  got, want = ours.update(grads, ours.init(grads))[0], ref.update(grads, ref.init(grads))[0]
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
+  assert float(optax.tree.norm(got)) == pytest.approx(min(1.0, float(optax.tree.norm(grads))),
+                                                        rel=1e-6)

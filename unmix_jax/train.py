@@ -101,9 +101,23 @@ def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
       init_value=0.0, peak_value=t.lr, warmup_steps=warmup,
       decay_steps=max(total_steps, warmup + 1), end_value=t.lr * t.end_lr_factor)
   return optax.chain(
-      optax.clip_by_global_norm(t.grad_clip),
+      clip_by_global_norm(t.grad_clip),
       optax.inject_hyperparams(optax.adamw)(learning_rate=schedule, weight_decay=t.weight_decay),
   )
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """optax.clip_by_global_norm (same empty state) as one multiply by min(1, max_norm / norm).
+  optax's per-element `g / norm * max_norm` is a divide, which XLA:CPU will not copy into each
+  of Adam's moment updates, so it wrote the clipped gradient out first: a pass over every
+  gradient (U-Net CPU step 1.8% faster without it, in-process A/B)."""
+
+  def update(updates, state, params=None):
+    del params
+    factor = jnp.minimum(1.0, max_norm / optax.tree.norm(updates))
+    return jax.tree.map(lambda g: g * factor.astype(g.dtype), updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def current_lr(opt_state) -> jax.Array:
