@@ -46,30 +46,6 @@ def test_equals_lax_in_value_and_gradients(op, shape):
     assert rel_err(a, b_) <= 1e-5, (op, shape)
 
 
-@pytest.mark.parametrize("op,shape", [("conv", CONVS[1]), ("conv", CONVS[5]),
-                                      ("conv_transpose", TRANSPOSED[0])])
-def test_bias_and_relu_equal_lax_in_value_and_gradients(op, shape):
-  """The bias and ReLU oneDNN applies as it writes the output, with the bias gradient."""
-  b, h, w, cin, cout, k, s = shape
-  x = jax.random.normal(jax.random.PRNGKey(0), (b, h, w, cin))
-  kernel = jax.random.normal(jax.random.PRNGKey(1), (k, k, cin, cout))
-  bias = jax.random.normal(jax.random.PRNGKey(2), (cout,))
-  fast = getattr(onednn, op)
-  stock = (stock_conv if op == "conv" else stock_conv_transpose)((s, s))
-
-  def value_and_grads3(f):
-    y = f(x, kernel, bias)
-    probe = jax.random.normal(jax.random.PRNGKey(9), y.shape)
-    loss = lambda x, w, c: jnp.sum(f(x, w, c) * probe)
-    return y, jax.grad(loss, argnums=(0, 1, 2))(x, kernel, bias)
-
-  got = value_and_grads3(jax.jit(lambda x, w, c: fast(x, w, (s, s), c, relu=True)))
-  want = value_and_grads3(lambda x, w, c: jax.nn.relu(stock(x, w) + c))
-  for a, b_ in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    assert rel_err(a, b_) <= 1e-5, (op, shape)
-  assert float(jnp.mean(fast(x, kernel, (s, s), bias, relu=True) == 0)) > 0.2  # ReLU active
-
-
 @pytest.mark.parametrize("config", [unet.get_config("cpu"), ae.get_config(), vae.get_config()],
                          ids=["unet-cpu", "ae", "vae"])
 def test_models_with_onednn_equal_the_cpu_forms_in_output_and_gradient(config):

@@ -24,7 +24,7 @@ class Stage(nnx.Module):
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     if self.norm is None:
-      return self.conv(x, relu=True)
+      return nnx.relu(self.conv(x))
     if self.conv.impl == "xla":  # GPUs keep flax's; the CPU impls fuse them (batchnorm.py)
       return nnx.relu(self.norm(self.conv(x), use_running_average=not train))
     y, bias = self.conv.unbiased(x)

@@ -225,19 +225,6 @@ def _operands(layer, inputs: jax.Array):
   return layer.promote_dtype((inputs, layer.kernel[...], bias), dtype=layer.dtype)
 
 
-def _output(layer, inputs: jax.Array, relu: bool, transposed: bool) -> jax.Array:
-  """The 'cpu' / 'onednn' forms of a layer's output, rectified with `relu`."""
-  x, kernel, bias = _operands(layer, inputs)
-  strides = _strides(layer)
-  if layer.impl == "onednn" and onednn.handles(x.shape, kernel.shape, strides, x.dtype,
-                                               transposed=transposed):
-    call = onednn.conv_transpose if transposed else onednn.conv
-    return call(x, kernel, strides, bias, relu)
-  y = (conv_transpose2d(x, kernel, strides) if transposed
-       else conv2d(x, kernel, strides, conv_plan(x.shape, kernel.shape, strides))) + bias
-  return nnx.relu(y) if relu else y
-
-
 class Conv(nnx.Conv):
   """`nnx.Conv` with `impl` (one of IMPLS); same parameters."""
 
@@ -247,13 +234,11 @@ class Conv(nnx.Conv):
     if self.impl in ("cpu", "onednn"):
       _check_supported(self, "conv")
 
-  def __call__(self, inputs: jax.Array, relu: bool = False) -> jax.Array:
-    """[B, H, W, Cin] -> [B, H', W', Cout]; with `relu`, max(., 0), which oneDNN applies as it
-    writes the output (one pass less each way than XLA's ReLU after the call)."""
+  def __call__(self, inputs: jax.Array) -> jax.Array:
     if self.impl == "xla":
-      y = super().__call__(inputs)
-      return nnx.relu(y) if relu else y
-    return _output(self, inputs, relu, transposed=False)
+      return super().__call__(inputs)
+    y, bias = self.unbiased(inputs)
+    return y + bias
 
   def unbiased(self, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(output before the bias, bias [Cout] or 0) with the 'cpu' / 'onednn' forms, for a
@@ -277,12 +262,11 @@ class ConvTranspose(nnx.ConvTranspose):
                          "transpose_kernel=False.")
       _check_supported(self, "transposed conv")
 
-  def __call__(self, inputs: jax.Array, relu: bool = False) -> jax.Array:
-    """As `Conv.__call__`: [B, H, W, Cin] -> [B, H * sh, W * sw, Cout]."""
+  def __call__(self, inputs: jax.Array) -> jax.Array:
     if self.impl == "xla":
-      y = super().__call__(inputs)
-      return nnx.relu(y) if relu else y
-    return _output(self, inputs, relu, transposed=True)
+      return super().__call__(inputs)
+    y, bias = self.unbiased(inputs)
+    return y + bias
 
   def unbiased(self, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
     """As `Conv.unbiased`."""

@@ -92,39 +92,29 @@ def handles(x_shape, kernel_shape, strides, dtype, transposed: bool = False) -> 
   return tuple(strides) != (1, 1) or min(h, w) >= 8
 
 
-def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], bias=None,
-         relu: bool = False) -> jax.Array:
-  """lax's 'SAME' conv, + bias [Cout] (None: 0), then max(., 0) with `relu`. x [B, H, W, Cin]
-  float32, kernel [kh, kw, Cin, Cout] -> [B, ceil(H / sh), ceil(W / sw), Cout]; equal to lax to
-  float32 rounding. The bias and the ReLU are applied as oneDNN writes the output, which saves
-  XLA a pass over it each way. `load()` first."""
+def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
+  """lax's 'SAME' conv. x [B, H, W, Cin] float32, kernel [kh, kw, Cin, Cout] ->
+  [B, ceil(H / sh), ceil(W / sw), Cout]; equal to lax to float32 rounding. `load()` first."""
   (_, h, w, _), (kh, kw, _, _) = x.shape, kernel.shape
   (pt, pb), (pl, pr) = padding.same(h, kh, strides[0]), padding.same(w, kw, strides[1])
-  return _call(x, kernel, _bias(bias, kernel), (*strides, pt, pl, pb, pr, False, relu))
+  return _call(x, kernel, (*strides, pt, pl, pb, pr, False))
 
 
-def conv_transpose(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], bias=None,
-                   relu: bool = False) -> jax.Array:
-  """lax's 'SAME' transposed conv (transpose_kernel=False), + bias, ReLU as in `conv`.
-  x [B, H, W, Cin] float32, kernel [kh, kw, Cin, Cout] -> [B, H * sh, W * sw, Cout]. oneDNN's
-  deconvolution is PyTorch's ConvTranspose2d: the same product with the kernel flipped in
-  space, and padding counted on the output (k - 1 - lax's padding of the dilated input)."""
+def conv_transpose(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
+  """lax's 'SAME' transposed conv (transpose_kernel=False). x [B, H, W, Cin] float32, kernel
+  [kh, kw, Cin, Cout] -> [B, H * sh, W * sw, Cout]. oneDNN's deconvolution is PyTorch's
+  ConvTranspose2d: the same product with the kernel flipped in space, and padding counted on
+  the output (k - 1 - lax's padding of the dilated input)."""
   kh, kw = kernel.shape[:2]
   (at, ab), (al, ar) = padding.transposed(kh, strides[0]), padding.transposed(kw, strides[1])
-  spec = (*strides, kh - 1 - at, kw - 1 - al, kh - 1 - ab, kw - 1 - ar, True, relu)
-  return _call(x, kernel[::-1, ::-1], _bias(bias, kernel), spec)
-
-
-def _bias(bias, kernel) -> jax.Array:
-  """[Cout] from None, a scalar or [Cout]."""
-  return jnp.broadcast_to(jnp.zeros((), kernel.dtype) if bias is None else bias,
-                          kernel.shape[-1:])
+  spec = (*strides, kh - 1 - at, kw - 1 - al, kh - 1 - ab, kw - 1 - ar, True)
+  return _call(x, kernel[::-1, ::-1], spec)
 
 
 def _out_shape(x, kernel, spec) -> jax.ShapeDtypeStruct:
   b, h, w, _ = x.shape
   kh, kw, _, cout = kernel.shape
-  sh, sw, pt, pl, pb, pr, transposed, _ = spec
+  sh, sw, pt, pl, pb, pr, transposed = spec
   if transposed:
     hw = ((h - 1) * sh - pt - pb + kh, (w - 1) * sw - pl - pr + kw)
   else:
@@ -133,34 +123,30 @@ def _out_shape(x, kernel, spec) -> jax.ShapeDtypeStruct:
 
 
 def _attrs(spec) -> dict:
-  sh, sw, pt, pl, pb, pr, transposed, relu = spec
+  sh, sw, pt, pl, pb, pr, transposed = spec
   return dict(sh=np.int64(sh), sw=np.int64(sw), pad_top=np.int64(pt), pad_left=np.int64(pl),
-              pad_bottom=np.int64(pb), pad_right=np.int64(pr), transposed=bool(transposed),
-              relu=bool(relu))
+              pad_bottom=np.int64(pb), pad_right=np.int64(pr), transposed=bool(transposed))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _call(x, kernel, bias, spec):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _call(x, kernel, spec):
   return jax.ffi.ffi_call("unmix_onednn_conv_fwd", _out_shape(x, kernel, spec))(
-      x, kernel, bias, **_attrs(spec))
+      x, kernel, **_attrs(spec))
 
 
-def _fwd(x, kernel, bias, spec):
-  y = _call(x, kernel, bias, spec)
-  return y, (x, kernel, y if spec[-1] else None)
+def _fwd(x, kernel, spec):
+  return _call(x, kernel, spec), (x, kernel)
 
 
 def _bwd(spec, residuals, dy):
-  x, kernel, y = residuals
-  if y is not None:  # the ReLU's gradient, from its output
-    dy = jnp.where(y > 0, dy, 0.0)
+  x, kernel = residuals
   # Two calls, so that XLA drops the input gradient where nothing reads it (the RGB input).
   dx = jax.ffi.ffi_call("unmix_onednn_conv_bwd_data", jax.ShapeDtypeStruct(x.shape, x.dtype))(
       x, kernel, dy, **_attrs(spec))
-  dk, db = jax.ffi.ffi_call("unmix_onednn_conv_bwd_weights", (
-      jax.ShapeDtypeStruct(kernel.shape, kernel.dtype),
-      jax.ShapeDtypeStruct(kernel.shape[-1:], kernel.dtype)))(x, kernel, dy, **_attrs(spec))
-  return dx, dk, db
+  dk = jax.ffi.ffi_call("unmix_onednn_conv_bwd_weights",
+                        jax.ShapeDtypeStruct(kernel.shape, kernel.dtype))(
+      x, kernel, dy, **_attrs(spec))
+  return dx, dk
 
 
 _call.defvjp(_fwd, _bwd)

@@ -1,7 +1,6 @@
 // oneDNN primitives as XLA FFI custom calls, float32 NHWC: direct convolution and transposed
-// convolution (kernel HWIO, any kernel size, strides and explicit padding, a bias and optionally
-// a ReLU applied as the output is written), forward and backward (input gradient; kernel and
-// bias gradients), and training-mode batch normalisation + ReLU (end of
+// convolution (kernel HWIO, any kernel size, strides and explicit padding), forward and backward
+// (input and kernel gradients), and training-mode batch normalisation + ReLU (end of
 // file). The `transposed` attribute picks oneDNN's deconvolution, PyTorch's ConvTranspose2d
 // convention (onednn.py flips the kernel to match lax). Built on first use by
 // unmix_jax/models/onednn.py against oneDNN 2.x (libdnnl-dev).
@@ -35,7 +34,7 @@ struct Step {
 // then reused by every step. Weights live in oneDNN's blocked layout ("any") inside the
 // primitives; the reorders convert from and to our HWIO layout.
 struct Prims {
-  dnnl::memory::desc src, dst, plain_w, bias, w_fwd, w_bwd, dw;
+  dnnl::memory::desc src, dst, plain_w, w_fwd, w_bwd, dw;
   Step fwd, bwd_data, bwd_w, to_fwd, to_bwd, from_dw;
 };
 
@@ -50,31 +49,23 @@ template <class Fwd, class BwdData, class BwdW>
 static std::shared_ptr<Prims> build(dnnl::algorithm alg, const dnnl::memory::desc& src,
                                     const dnnl::memory::desc& plain_w,
                                     const dnnl::memory::desc& dst, const dnnl::memory::dims& s,
-                                    const dnnl::memory::dims& pl, const dnnl::memory::dims& pr,
-                                    bool relu) {
+                                    const dnnl::memory::dims& pl, const dnnl::memory::dims& pr) {
   dnnl::memory::desc wany(plain_w.dims(), dt::f32, tag::any);
-  dnnl::memory::desc bias({dst.dims()[1]}, dt::f32, tag::x);
-  dnnl::primitive_attr attr, fwd_attr;
+  dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  fwd_attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  if (relu) {
-    dnnl::post_ops ops;
-    ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
-    fwd_attr.set_post_ops(ops);
-  }
   typename Fwd::primitive_desc fpd(
-      typename Fwd::desc(dnnl::prop_kind::forward_training, alg, src, wany, bias, dst, s, pl, pr),
-      fwd_attr, eng());
+      typename Fwd::desc(dnnl::prop_kind::forward_training, alg, src, wany, dst, s, pl, pr), attr,
+      eng());
   typename BwdData::primitive_desc bpd(typename BwdData::desc(alg, src, wany, dst, s, pl, pr),
                                        attr, eng(), fpd);
-  typename BwdW::primitive_desc wpd(typename BwdW::desc(alg, src, wany, bias, dst, s, pl, pr),
-                                    attr, eng(), fpd);
+  typename BwdW::primitive_desc wpd(typename BwdW::desc(alg, src, wany, dst, s, pl, pr), attr,
+                                    eng(), fpd);
   auto reorder = [&attr](const dnnl::memory::desc& a, const dnnl::memory::desc& b) {
     dnnl::reorder::primitive_desc rpd(eng(), a, eng(), b, attr);
     return Step{dnnl::reorder(rpd), rpd.scratchpad_desc()};
   };
   return std::make_shared<Prims>(Prims{
-      src, dst, plain_w, bias, fpd.weights_desc(), bpd.weights_desc(), wpd.diff_weights_desc(),
+      src, dst, plain_w, fpd.weights_desc(), bpd.weights_desc(), wpd.diff_weights_desc(),
       Step{Fwd(fpd), fpd.scratchpad_desc()}, Step{BwdData(bpd), bpd.scratchpad_desc()},
       Step{BwdW(wpd), wpd.scratchpad_desc()}, reorder(plain_w, fpd.weights_desc()),
       reorder(plain_w, bpd.weights_desc()), reorder(wpd.diff_weights_desc(), plain_w)});
@@ -82,17 +73,16 @@ static std::shared_ptr<Prims> build(dnnl::algorithm alg, const dnnl::memory::des
 
 // x [n, h, w, ci], y [n, oh, ow, co], kernel [kh, kw, ci, co].
 using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool>;
+                       int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool>;
 
 static std::shared_ptr<Prims> get(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k,
                                   ffi::Span<const int64_t> y, int64_t sh, int64_t sw,
-                                  int64_t pt, int64_t pl, int64_t pb, int64_t pr, bool transposed,
-                                  bool relu) {
+                                  int64_t pt, int64_t pl, int64_t pb, int64_t pr, bool transposed) {
   static std::map<Key, std::shared_ptr<Prims>> cache;
   static std::mutex mu;
   std::lock_guard<std::mutex> l(mu);
   Key key{x[0], x[1], x[2], x[3], k[0], k[1], k[3], y[1], y[2], sh, sw, pt, pl, pb, pr,
-          transposed, relu};
+          transposed};
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   dnnl::memory::desc src({x[0], x[3], x[1], x[2]}, dt::f32, tag::nhwc);
@@ -102,10 +92,10 @@ static std::shared_ptr<Prims> get(ffi::Span<const int64_t> x, ffi::Span<const in
   auto made = transposed
       ? build<dnnl::deconvolution_forward, dnnl::deconvolution_backward_data,
               dnnl::deconvolution_backward_weights>(dnnl::algorithm::deconvolution_direct, src,
-                                                    plain_w, dst, s, lo, hi, relu)
+                                                    plain_w, dst, s, lo, hi)
       : build<dnnl::convolution_forward, dnnl::convolution_backward_data,
               dnnl::convolution_backward_weights>(dnnl::algorithm::convolution_direct, src,
-                                                  plain_w, dst, s, lo, hi, relu);
+                                                  plain_w, dst, s, lo, hi);
   cache[key] = made;
   return made;
 }
@@ -126,18 +116,17 @@ static ffi::Error guarded(F body) {
   }
 }
 
-ffi::Error FwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> b,
-                   ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
-                   int64_t pb, int64_t pr, bool transposed, bool relu) {
+ffi::Error FwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
+                   int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t pb, int64_t pr,
+                   bool transposed) {
   return guarded([&] {
     auto p = get(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pl, pb, pr,
-                 transposed, relu);
+                 transposed);
     dnnl::stream strm(eng());  // one per call: XLA may run two custom calls at once
     dnnl::memory wp(p->plain_w, eng(), w.typed_data()), wb(p->w_fwd, eng());
     run(p->to_fwd, strm, {{DNNL_ARG_FROM, wp}, {DNNL_ARG_TO, wb}});
     run(p->fwd, strm, {{DNNL_ARG_SRC, dnnl::memory(p->src, eng(), x.typed_data())},
                        {DNNL_ARG_WEIGHTS, wb},
-                       {DNNL_ARG_BIAS, dnnl::memory(p->bias, eng(), b.typed_data())},
                        {DNNL_ARG_DST, dnnl::memory(p->dst, eng(), y->typed_data())}});
     strm.wait();
   });
@@ -147,10 +136,10 @@ ffi::Error FwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer
 // needs it (the input of the first layer is data).
 ffi::Error BwdDataImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Buffer<ffi::F32> dy,
                        ffi::ResultBuffer<ffi::F32> dx, int64_t sh, int64_t sw, int64_t pt,
-                       int64_t pl, int64_t pb, int64_t pr, bool transposed, bool relu) {
+                       int64_t pl, int64_t pb, int64_t pr, bool transposed) {
   return guarded([&] {
     auto p = get(x.dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pl, pb, pr,
-                 transposed, relu);
+                 transposed);
     dnnl::stream strm(eng());
     dnnl::memory wp(p->plain_w, eng(), w.typed_data()), wb(p->w_bwd, eng());
     run(p->to_bwd, strm, {{DNNL_ARG_FROM, wp}, {DNNL_ARG_TO, wb}});
@@ -162,18 +151,17 @@ ffi::Error BwdDataImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Bu
 }
 
 ffi::Error BwdWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                          ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
-                          ffi::ResultBuffer<ffi::F32> db, int64_t sh, int64_t sw, int64_t pt,
-                          int64_t pl, int64_t pb, int64_t pr, bool transposed, bool relu) {
+                          ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw, int64_t sh,
+                          int64_t sw, int64_t pt, int64_t pl, int64_t pb, int64_t pr,
+                          bool transposed) {
   return guarded([&] {
     auto p = get(x.dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pl, pb, pr,
-                 transposed, relu);
+                 transposed);
     dnnl::stream strm(eng());
     dnnl::memory dwb(p->dw, eng());
     run(p->bwd_w, strm, {{DNNL_ARG_SRC, dnnl::memory(p->src, eng(), x.typed_data())},
                          {DNNL_ARG_DIFF_DST, dnnl::memory(p->dst, eng(), dy.typed_data())},
-                         {DNNL_ARG_DIFF_WEIGHTS, dwb},
-                         {DNNL_ARG_DIFF_BIAS, dnnl::memory(p->bias, eng(), db->typed_data())}});
+                         {DNNL_ARG_DIFF_WEIGHTS, dwb}});
     dnnl::memory dwp(p->plain_w, eng(), dw->typed_data());
     run(p->from_dw, strm, {{DNNL_ARG_FROM, dwb}, {DNNL_ARG_TO, dwp}});
     strm.wait();
@@ -182,19 +170,17 @@ ffi::Error BwdWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
 
 #define UNMIX_CONV_ATTRS                                                                   \
   .Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<int64_t>("pad_top").Attr<int64_t>("pad_left") \
-      .Attr<int64_t>("pad_bottom").Attr<int64_t>("pad_right").Attr<bool>("transposed")         \
-      .Attr<bool>("relu")
+      .Attr<int64_t>("pad_bottom").Attr<int64_t>("pad_right").Attr<bool>("transposed")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DnnlConvFwd, FwdImpl,
     ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
-        .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>() UNMIX_CONV_ATTRS);
+        .Ret<ffi::Buffer<ffi::F32>>() UNMIX_CONV_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DnnlConvBwdData, BwdDataImpl,
     ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
         .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>() UNMIX_CONV_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DnnlConvBwdWeights, BwdWeightsImpl,
     ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
-        .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
-        UNMIX_CONV_ATTRS);
+        .Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>() UNMIX_CONV_ATTRS);
 
 // Training-mode batch normalisation with the ReLU that follows it, over the channels of an NHWC
 // float32 tensor: scale and shift on, batch mean and biased variance computed and returned.

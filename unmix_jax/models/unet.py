@@ -51,7 +51,7 @@ class DoubleConv(nnx.Module):
     self.conv2 = layers.Conv(c_out, c_out, (3, 3), dtype=dtype, impl=impl, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.conv2(self.conv1(x, relu=True), relu=True)
+    return nnx.relu(self.conv2(nnx.relu(self.conv1(x))))
 
 
 class Up(nnx.Module):
