@@ -119,16 +119,26 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
     return _valid_taps(x, kernel, ph[0], pw[0])
   xp = jnp.pad(x, ((0, 0), ph, pw, (0, 0)))
   if plan == "taps":
+    taps = _kernel_taps(kernel)
     y = None
     for i in range(kh):
       for j in range(kw):
         view = _patches(xp, [i], [j], strides, (ho, wo)).reshape(b * ho * wo, cin)
-        term = view @ kernel[i, j]
+        term = view @ taps[i * kw + j]
         y = term if y is None else y + term
     return y.reshape(b, ho, wo, cout)
   cols = _patches(xp, range(kh), range(kw), strides, (ho, wo))
   return (cols.reshape(b * ho * wo, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)
           ).reshape(b, ho, wo, cout)
+
+
+def _kernel_taps(kernel: jax.Array) -> list[jax.Array]:
+  """[kh, kw, Cin, Cout] -> kh * kw taps [Cin, Cout] in (i, j) order. A split, not kh * kw
+  index slices: the gradient of a split is one concatenate, that of slices kh * kw zero-padded
+  kernels summed in a pass that tests every element against every tap (U-Net CPU step ~1%
+  faster, in-process A/B)."""
+  kh, kw, cin, cout = kernel.shape
+  return [t[0] for t in jnp.split(kernel.reshape(kh * kw, cin, cout), kh * kw)]
 
 
 def _valid_taps(x: jax.Array, kernel: jax.Array, pad_top: int, pad_left: int) -> jax.Array:
@@ -138,6 +148,7 @@ def _valid_taps(x: jax.Array, kernel: jax.Array, pad_top: int, pad_left: int) ->
   output and summed (one fused pass)."""
   b, h, w, cin = x.shape
   kh, kw, _, cout = kernel.shape
+  taps = _kernel_taps(kernel)
   y = None
   for i in range(kh):
     top, bottom = max(0, pad_top - i), min(h, h + pad_top - i)
@@ -146,7 +157,8 @@ def _valid_taps(x: jax.Array, kernel: jax.Array, pad_top: int, pad_left: int) ->
       if top >= bottom or left >= right:
         continue  # this tap only ever reads padding
       view = x[:, top + i - pad_top:bottom + i - pad_top, left + j - pad_left:right + j - pad_left]
-      term = (view.reshape(-1, cin) @ kernel[i, j]).reshape(b, bottom - top, right - left, cout)
+      term = (view.reshape(-1, cin) @ taps[i * kw + j]).reshape(b, bottom - top, right - left,
+                                                                 cout)
       term = jnp.pad(term, ((0, 0), (top, h - bottom), (left, w - right), (0, 0)))
       y = term if y is None else y + term
   return y  # never None: with 'SAME' padding the tap at (pad_top, pad_left) reads every output
