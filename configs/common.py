@@ -50,7 +50,7 @@ def get_base_config(preset: str | None) -> ml_collections.ConfigDict:
   c.train.skip_nonfinite = False  # True: drop updates with a non-finite loss or gradient
   # "bfloat16": activations and matmuls in bf16; parameters and optimizer state stay float32.
   c.train.compute_dtype = "float32"
-  # How convs are computed: "onednn" (oneDNN's CPU convolutions, needs g++ and libdnnl-dev),
+  # How convs are computed: "onednn" (oneDNN's CPU convolutions, needs g++ and oneDNN 3),
   # "cpu" (matrix-product forms XLA:CPU runs well), "xla" (lax convs, right for GPU/TPU) or
   # "auto" (onednn where it builds, else cpu; xla off the CPU). Parameters are the same either
   # way, so checkpoints move between them.

@@ -1,5 +1,8 @@
 """conv_impl='onednn': oneDNN's convolutions through XLA's FFI against lax and the cpu forms.
-Skipped where g++ or oneDNN 2.x (libdnnl-dev) is missing; .ci/run installs it where apt can."""
+Skipped where g++ or oneDNN 3.x is missing (pyproject.toml installs oneDNN on Linux x86-64)."""
+
+import platform
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -90,3 +93,10 @@ def test_the_input_gradient_is_computed_only_where_it_is_read():
 def test_auto_picks_onednn_where_it_builds():
   assert onednn.unavailable() is None
   assert layers.resolve("auto") == "onednn"
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and platform.machine() == "x86_64"),
+                    reason="pyproject.toml installs oneDNN only on Linux x86-64")
+def test_builds_against_the_onednn_pyproject_installs():
+  # Not the system's: Debian 12's libdnnl-dev is 2.6, with slower AVX2 kernels (onednn.py).
+  assert onednn.version() == "3.2.0"

@@ -160,6 +160,7 @@ def measure(config, *, steps: int, repeats: int, warmup: int, other=None) -> dic
       "model": config.model.name, "preset": config.preset, "params": jstep.params,
       "batch": jstep.batch, "backend": jax.default_backend(), "devices": jstep.mesh.size,
       "conv_impl": jstep.conv_impl, "compute_dtype": config.train.compute_dtype,
+      **({"onednn_version": onednn.version()} if jstep.conv_impl == "onednn" else {}),
       "steps": steps, "repeats": repeats,
       "compile_s": round(jstep.compile_seconds, 2),
   }

@@ -322,6 +322,8 @@ def _train_and_evaluate(config, workdir: str, ckpts: checkpoint.Checkpoints,
       print(f"conv_impl='auto' uses 'cpu' here, 1.2-1.9x slower than 'onednn' would be: "
             f"{onednn.unavailable()}", flush=True)
     conv_impl += " (auto)"
+  if conv_impl.startswith("onednn"):
+    conv_impl += f", oneDNN {onednn.version()}"
   print(f"data parallel over {mesh.size} device{'s' if mesh.size > 1 else ''} "
         f"({jax.default_backend()}, {jax.process_count()} process(es)): global batch "
         f"{config.train.batch_size}, {config.train.batch_size // mesh.size} per device; "

@@ -76,7 +76,7 @@ def _bn_relu(x, shift, scale, bias, epsilon, impl):
 def _bn_relu_fwd(x, shift, scale, bias, epsilon, impl):
   if impl == "onednn":
     out, mean, var, workspace = onednn.batch_norm_relu(x, scale, bias, epsilon)
-    return (out, mean + shift, var), (x, mean, var, scale, bias, workspace, shift)
+    return (out, mean + shift, var), (x, mean, var, scale, workspace, shift)
   out, mean, var, rstd = _forward(x, scale, bias, epsilon)
   return (out, mean + shift, var), (x, out, mean, rstd, scale, shift)
 
@@ -84,9 +84,9 @@ def _bn_relu_fwd(x, shift, scale, bias, epsilon, impl):
 def _bn_relu_bwd(epsilon, impl, residuals, cotangents):
   d_out = cotangents[0]  # the statistics' cotangents are zero: they only feed running averages
   if impl == "onednn":
-    x, mean, var, scale, bias, workspace, shift = residuals
-    d_x, d_scale, d_bias = onednn.batch_norm_relu_grads(x, mean, var, scale, bias, workspace,
-                                                        d_out, epsilon)
+    x, mean, var, scale, workspace, shift = residuals
+    d_x, d_scale, d_bias = onednn.batch_norm_relu_grads(x, mean, var, scale, workspace, d_out,
+                                                        epsilon)
     return d_x, jnp.zeros_like(shift), d_scale, d_bias
   x, out, mean, rstd, scale, shift = residuals
   axes = _axes(x)

@@ -4,8 +4,9 @@ On the CPU the 3x3 convs hold most of the U-Net's FLOPs, and every XLA formulati
 (stock, im2col, taps, Winograd) runs 2-3x slower than oneDNN's direct kernels, the ones PyTorch
 uses (README, Performance). `onednn_ops.cc` wraps the forward and backward primitives as FFI
 custom calls: convolution, and training-mode batch normalisation with its ReLU (which XLA runs
-as several passes over the activation). It is compiled on first use (g++, oneDNN 2.x:
-`apt install g++ libdnnl-dev`) into `~/.cache/unmix_jax/` and loaded once per process."""
+as several passes over the activation). It is compiled on first use (g++, and oneDNN 3.x from
+Intel's `onednn-cpu-gomp` wheels, a dependency on Linux x86-64) into `~/.cache/unmix_jax/` and
+loaded once per process."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import hashlib
 import os
 import pathlib
 import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +25,21 @@ import numpy as np
 from unmix_jax.models import padding
 
 _SOURCE = pathlib.Path(__file__).with_name("onednn_ops.cc")
-_HINT = ("config.train.conv_impl='onednn' needs g++ and oneDNN 2.x headers and library "
-         "(Debian/Ubuntu: apt install g++ libdnnl-dev), or use conv_impl='cpu'")
+_HINT = ("config.train.conv_impl='onednn' needs g++ and oneDNN 3.x (apt install g++; "
+         "pip install onednn-cpu-gomp onednn-devel-cpu-gomp), or use conv_impl='cpu'")
+
+
+def _onednn_flags() -> list[str]:
+  """Compiler flags for the oneDNN to build against: the one pip installed into this Python
+  environment where present (onednn-cpu-gomp, oneDNN 3.2), else the system's. Debian 12's
+  libdnnl-dev is 2.6, whose AVX2 kernels ran the U-Net's 16x16 convs (forward and both
+  gradients) 1.15-1.45x slower on a 2-core Zen 3 (README, Performance)."""
+  prefix = pathlib.Path(sys.prefix)
+  if (prefix / "include" / "oneapi" / "dnnl" / "dnnl.hpp").exists() and any(
+      (prefix / "lib").glob("libdnnl.so*")):
+    lib = prefix / "lib"
+    return [f"-I{prefix / 'include'}", f"-L{lib}", f"-Wl,-rpath,{lib}", "-ldnnl"]
+  return ["-ldnnl"]
 
 
 def _cache_dir() -> pathlib.Path:
@@ -36,13 +51,15 @@ def _cache_dir() -> pathlib.Path:
 def load() -> ctypes.CDLL:
   """Builds (once per source and jax version) and registers the custom calls; a ValueError with
   one line naming the fix when the compiler or oneDNN is missing."""
-  digest = hashlib.sha256(_SOURCE.read_bytes() + jax.__version__.encode()).hexdigest()[:16]
+  flags = _onednn_flags()
+  digest = hashlib.sha256(
+      _SOURCE.read_bytes() + jax.__version__.encode() + " ".join(flags).encode()).hexdigest()[:16]
   library = _cache_dir() / f"onednn_ops-{digest}.so"
   if not library.exists():
     library.parent.mkdir(parents=True, exist_ok=True)
     partial = library.with_suffix(f".{os.getpid()}.tmp")  # concurrent first uses do not collide
     command = [os.environ.get("CXX", "g++"), "-O2", "-shared", "-fPIC", "-std=c++17", "-w",
-               f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", str(partial), "-ldnnl"]
+               f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", str(partial), *flags]
     try:
       done = subprocess.run(command, capture_output=True, text=True)
     except FileNotFoundError:
@@ -64,6 +81,18 @@ def load() -> ctypes.CDLL:
   handle.UnmixBnWorkspaceBytes.restype = ctypes.c_int64
   handle.UnmixBnWorkspaceBytes.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_float]
   return handle
+
+
+class _Version(ctypes.Structure):
+  _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int)]
+
+
+def version() -> str:
+  """The loaded oneDNN's version, e.g. '3.2.0' (the library's own answer, not the headers')."""
+  fn = load().dnnl_version
+  fn.restype = ctypes.POINTER(_Version)
+  v = fn().contents
+  return f"{v.major}.{v.minor}.{v.patch}"
 
 
 @functools.lru_cache(maxsize=None)
@@ -167,9 +196,9 @@ def batch_norm_relu(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: fl
       jax.ShapeDtypeStruct((size,), jnp.uint8)))(x, scale, bias, eps=eps)
 
 
-def batch_norm_relu_grads(x, mean, var, scale, bias, workspace, d_out, epsilon: float):
+def batch_norm_relu_grads(x, mean, var, scale, workspace, d_out, epsilon: float):
   """Gradients of `batch_norm_relu`'s output: (d_x [B, H, W, C], d_scale [C], d_bias [C])."""
   channels = jax.ShapeDtypeStruct(x.shape[-1:], x.dtype)
   return jax.ffi.ffi_call("unmix_onednn_bn_bwd", (
       jax.ShapeDtypeStruct(x.shape, x.dtype), channels, channels))(
-          x, mean, var, scale, bias, workspace, d_out, eps=np.float32(epsilon))
+          x, mean, var, scale, workspace, d_out, eps=np.float32(epsilon))

@@ -3,7 +3,7 @@
 // (input and kernel gradients), and training-mode batch normalisation + ReLU (end of
 // file). The `transposed` attribute picks oneDNN's deconvolution, PyTorch's ConvTranspose2d
 // convention (onednn.py flips the kernel to match lax). Built on first use by
-// unmix_jax/models/onednn.py against oneDNN 2.x (libdnnl-dev).
+// unmix_jax/models/onednn.py against oneDNN 3.x.
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -50,16 +50,13 @@ static std::shared_ptr<Prims> build(dnnl::algorithm alg, const dnnl::memory::des
                                     const dnnl::memory::desc& plain_w,
                                     const dnnl::memory::desc& dst, const dnnl::memory::dims& s,
                                     const dnnl::memory::dims& pl, const dnnl::memory::dims& pr) {
-  dnnl::memory::desc wany(plain_w.dims(), dt::f32, tag::any);
+  dnnl::memory::desc wany(plain_w.get_dims(), dt::f32, tag::any);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  typename Fwd::primitive_desc fpd(
-      typename Fwd::desc(dnnl::prop_kind::forward_training, alg, src, wany, dst, s, pl, pr), attr,
-      eng());
-  typename BwdData::primitive_desc bpd(typename BwdData::desc(alg, src, wany, dst, s, pl, pr),
-                                       attr, eng(), fpd);
-  typename BwdW::primitive_desc wpd(typename BwdW::desc(alg, src, wany, dst, s, pl, pr), attr,
-                                    eng(), fpd);
+  typename Fwd::primitive_desc fpd(eng(), dnnl::prop_kind::forward_training, alg, src, wany, dst,
+                                   s, pl, pr, attr);
+  typename BwdData::primitive_desc bpd(eng(), alg, src, wany, dst, s, pl, pr, fpd, attr);
+  typename BwdW::primitive_desc wpd(eng(), alg, src, wany, dst, s, pl, pr, fpd, attr);
   auto reorder = [&attr](const dnnl::memory::desc& a, const dnnl::memory::desc& b) {
     dnnl::reorder::primitive_desc rpd(eng(), a, eng(), b, attr);
     return Step{dnnl::reorder(rpd), rpd.scratchpad_desc()};
@@ -206,11 +203,9 @@ static std::shared_ptr<BnPrims> get_bn(ffi::Span<const int64_t> x, float eps) {
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   dnnl::batch_normalization_forward::primitive_desc fpd(
-      dnnl::batch_normalization_forward::desc(dnnl::prop_kind::forward_training, data, eps,
-                                              flags), attr, eng());
+      eng(), dnnl::prop_kind::forward_training, data, data, eps, flags, attr);
   dnnl::batch_normalization_backward::primitive_desc bpd(
-      dnnl::batch_normalization_backward::desc(dnnl::prop_kind::backward, data, data, eps, flags),
-      attr, eng(), fpd);
+      eng(), dnnl::prop_kind::backward, data, data, data, eps, flags, fpd, attr);
   auto made = std::make_shared<BnPrims>(BnPrims{
       data, channels, fpd.workspace_desc(),
       Step{dnnl::batch_normalization_forward(fpd), fpd.scratchpad_desc()},
@@ -252,7 +247,7 @@ ffi::Error BnFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
 
 ffi::Error BnBwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> mean,
                      ffi::Buffer<ffi::F32> var, ffi::Buffer<ffi::F32> scale,
-                     ffi::Buffer<ffi::F32> shift, ffi::Buffer<ffi::U8> ws,
+                     ffi::Buffer<ffi::U8> ws,
                      ffi::Buffer<ffi::F32> dy,
                      ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dscale,
                      ffi::ResultBuffer<ffi::F32> dshift, float eps) {
@@ -263,7 +258,6 @@ ffi::Error BnBwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> mean,
                        {DNNL_ARG_MEAN, mem(p->channels, mean.typed_data())},
                        {DNNL_ARG_VARIANCE, mem(p->channels, var.typed_data())},
                        {DNNL_ARG_SCALE, mem(p->channels, scale.typed_data())},
-                       {DNNL_ARG_SHIFT, mem(p->channels, shift.typed_data())},
                        {DNNL_ARG_WORKSPACE, mem(p->ws, ws.typed_data())},
                        {DNNL_ARG_DIFF_DST, mem(p->data, dy.typed_data())},
                        {DNNL_ARG_DIFF_SRC, mem(p->data, dx->typed_data())},
@@ -279,6 +273,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DnnlBnFwd, BnFwdImpl,
         .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::U8>>().Attr<float>("eps"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DnnlBnBwd, BnBwdImpl,
     ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
-        .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
+        .Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>()
         .Arg<ffi::Buffer<ffi::U8>>().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
         .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>().Attr<float>("eps"));
