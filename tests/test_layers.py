@@ -156,6 +156,7 @@ def test_benchmark_runs_on_the_smoke_presets_and_prints_its_keys(name):
   assert result["model_share_of_ceiling"] == pytest.approx(
       result["model_gflop_per_s"] / result["matmul_ceiling_gflop_per_s"], abs=1e-3)
   assert result["model"] == name and result["conv_impl"] == layers.resolve("auto")
+  assert ("onednn_version" in result) == (result["conv_impl"] == "onednn")
   assert result["images_per_s_min"] <= result["images_per_s_median"] <= result["images_per_s_max"]
   assert 0 <= result["outside_step_share"] < 1
 

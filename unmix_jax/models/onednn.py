@@ -47,6 +47,10 @@ def _cache_dir() -> pathlib.Path:
   return pathlib.Path(root) / "unmix_jax"
 
 
+class _Version(ctypes.Structure):
+  _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int)]
+
+
 @functools.lru_cache(maxsize=None)
 def load() -> ctypes.CDLL:
   """Builds (once per source and jax version) and registers the custom calls; a ValueError with
@@ -80,18 +84,13 @@ def load() -> ctypes.CDLL:
     jax.ffi.register_ffi_target(f"unmix_onednn_{name}", jax.ffi.pycapsule(symbol), platform="cpu")
   handle.UnmixBnWorkspaceBytes.restype = ctypes.c_int64
   handle.UnmixBnWorkspaceBytes.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_float]
+  handle.dnnl_version.restype = ctypes.POINTER(_Version)  # oneDNN's own, found through ours
   return handle
-
-
-class _Version(ctypes.Structure):
-  _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int)]
 
 
 def version() -> str:
   """The loaded oneDNN's version, e.g. '3.2.0' (the library's own answer, not the headers')."""
-  fn = load().dnnl_version
-  fn.restype = ctypes.POINTER(_Version)
-  v = fn().contents
+  v = load().dnnl_version().contents
   return f"{v.major}.{v.minor}.{v.patch}"
 
 
