@@ -100,3 +100,22 @@ def test_auto_picks_onednn_where_it_builds():
 def test_builds_against_the_onednn_pyproject_installs():
   # Not the system's: Debian 12's libdnnl-dev is 2.6, with slower AVX2 kernels (onednn.py).
   assert onednn.version() == "3.2.0"
+
+
+def _fake_onednn(root):
+  (root / "include" / "oneapi" / "dnnl").mkdir(parents=True)
+  (root / "include" / "oneapi" / "dnnl" / "dnnl.hpp").touch()
+  (root / "lib").mkdir()
+  (root / "lib" / "libdnnl.so.3").touch()
+
+
+def test_the_build_finds_the_wheels_in_the_environment_then_under_the_user_base(
+    tmp_path, monkeypatch):
+  env, user = tmp_path / "env", tmp_path / "user"
+  monkeypatch.setattr(sys, "prefix", str(env))
+  monkeypatch.setattr(onednn.site, "getuserbase", lambda: str(user))
+  assert onednn._onednn_flags() == ["-ldnnl"]  # neither: the system's
+  _fake_onednn(user)  # pip install --user
+  assert onednn._onednn_flags()[:2] == [f"-I{user / 'include'}", f"-L{user / 'lib'}"]
+  _fake_onednn(env)  # the environment's wins
+  assert onednn._onednn_flags()[:2] == [f"-I{env / 'include'}", f"-L{env / 'lib'}"]

@@ -15,6 +15,7 @@ import functools
 import hashlib
 import os
 import pathlib
+import site
 import subprocess
 import sys
 
@@ -30,15 +31,16 @@ _HINT = ("config.train.conv_impl='onednn' needs g++ and oneDNN 3.x (apt install 
 
 
 def _onednn_flags() -> list[str]:
-  """Compiler flags for the oneDNN to build against: the one pip installed into this Python
-  environment where present (onednn-cpu-gomp, oneDNN 3.2), else the system's. Debian 12's
-  libdnnl-dev is 2.6, whose AVX2 kernels ran the U-Net's 16x16 convs (forward and both
-  gradients) 1.15-1.45x slower on a 2-core Zen 3 (README, Performance)."""
-  prefix = pathlib.Path(sys.prefix)
-  if (prefix / "include" / "oneapi" / "dnnl" / "dnnl.hpp").exists() and any(
-      (prefix / "lib").glob("libdnnl.so*")):
+  """Compiler flags for the oneDNN to build against: the one pip installed for this Python
+  where present (onednn-cpu-gomp, oneDNN 3.2: into the environment, or under the user's base
+  with `pip install --user`), else the system's. Debian 12's libdnnl-dev is 2.6, whose AVX2
+  kernels ran the U-Net's 16x16 convs (forward and both gradients) 1.15-1.45x slower on a
+  2-core Zen 3 (README, Performance)."""
+  for prefix in (pathlib.Path(sys.prefix), pathlib.Path(site.getuserbase())):
     lib = prefix / "lib"
-    return [f"-I{prefix / 'include'}", f"-L{lib}", f"-Wl,-rpath,{lib}", "-ldnnl"]
+    if (prefix / "include" / "oneapi" / "dnnl" / "dnnl.hpp").exists() and any(
+        lib.glob("libdnnl.so*")):
+      return [f"-I{prefix / 'include'}", f"-L{lib}", f"-Wl,-rpath,{lib}", "-ldnnl"]
   return ["-ldnnl"]
 
 
