@@ -86,6 +86,8 @@ def load() -> ctypes.CDLL:
     jax.ffi.register_ffi_target(f"unmix_onednn_{name}", jax.ffi.pycapsule(symbol), platform="cpu")
   handle.UnmixBnWorkspaceBytes.restype = ctypes.c_int64
   handle.UnmixBnWorkspaceBytes.argtypes = [ctypes.c_int64] * 4 + [ctypes.c_float]
+  handle.UnmixPrepareConv.restype = ctypes.c_int
+  handle.UnmixPrepareConv.argtypes = [ctypes.c_int64] * 15 + [ctypes.c_bool]
   handle.dnnl_version.restype = ctypes.POINTER(_Version)  # oneDNN's own, found through ours
   return handle
 
@@ -127,7 +129,9 @@ def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array
   [B, ceil(H / sh), ceil(W / sw), Cout]; equal to lax to float32 rounding. `load()` first."""
   (_, h, w, _), (kh, kw, _, _) = x.shape, kernel.shape
   (pt, pb), (pl, pr) = padding.same(h, kh, strides[0]), padding.same(w, kw, strides[1])
-  return _call(x, kernel, (*strides, pt, pl, pb, pr, False))
+  spec = (*strides, pt, pl, pb, pr, False)
+  _prepare(x.shape, kernel.shape, spec)
+  return _call(x, kernel, spec)
 
 
 def conv_transpose(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
@@ -138,7 +142,20 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) ->
   kh, kw = kernel.shape[:2]
   (at, ab), (al, ar) = padding.transposed(kh, strides[0]), padding.transposed(kw, strides[1])
   spec = (*strides, kh - 1 - at, kw - 1 - al, kh - 1 - ab, kw - 1 - ar, True)
+  _prepare(x.shape, kernel.shape, spec)
   return _call(x, kernel[::-1, ::-1], spec)
+
+
+@functools.lru_cache(maxsize=None)
+def _prepare(x_shape, kernel_shape, spec) -> None:
+  """Builds the layer's primitives while tracing, timing oneDNN's implementations that compute
+  the same bits as its first choice and keeping the fastest (`fastest_equal` in the source):
+  milliseconds to a second per layer shape, once per process."""
+  b, h, w, cin = x_shape
+  kh, kw, _, cout = kernel_shape
+  _, oh, ow, _ = _out_shape(jax.ShapeDtypeStruct(x_shape, jnp.float32),
+                            jax.ShapeDtypeStruct(kernel_shape, jnp.float32), spec).shape
+  load().UnmixPrepareConv(b, h, w, cin, kh, kw, cout, oh, ow, *spec)
 
 
 def _out_shape(x, kernel, spec) -> jax.ShapeDtypeStruct:

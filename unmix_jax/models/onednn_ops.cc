@@ -4,7 +4,11 @@
 // file). The `transposed` attribute picks oneDNN's deconvolution, PyTorch's ConvTranspose2d
 // convention (onednn.py flips the kernel to match lax). Built on first use by
 // unmix_jax/models/onednn.py against oneDNN 3.x.
+#include <algorithm>
+#include <chrono>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -45,22 +49,133 @@ static void run(const Step& step, dnnl::stream& strm, std::unordered_map<int, dn
   step.p.execute(strm, args);
 }
 
+// Choosing among implementations. oneDNN lists several for each primitive (brgemm and jit
+// kernels, each for AVX-512 and AVX2) and puts its guess first, which is not always the fastest:
+// on a Zen 4, whose AVX-512 runs on 256-bit halves, the AVX2 brgemm kernels run the U-Net's
+// 38-channel convs at 32x32 20-30% faster (38 channels fill 5 vectors of 8 floats better than 3
+// of 16). A choice by time alone would tie the results to timing noise, so only implementations
+// whose results equal the first's bit for bit, on random data of the layer's shape, compete: the
+// brgemm kernels of both instruction sets sum in the same order and qualify, jit ones do not.
+static dnnl::memory random_memory(const dnnl::memory::desc& d, uint32_t seed) {
+  dnnl::memory m(d, eng());
+  float* p = static_cast<float*>(m.get_data_handle());
+  for (size_t i = 0; i < d.get_size() / sizeof(float); i++) {
+    seed = seed * 1664525u + 1013904223u;
+    p[i] = static_cast<float>(seed >> 8) / 16777216.0f - 0.5f;
+  }
+  return m;
+}
+
+// Runs `step` once for its result (`out`, plain layout, read by `result`); when that matches
+// `reference` bit for bit (or there is none yet), twice more: the faster time in ms, else
+// infinity.
+template <class Result>
+static double trial(const Step& step, const std::unordered_map<int, dnnl::memory>& args,
+                    Result result, std::vector<char>& reference) {
+  dnnl::stream strm(eng());
+  run(step, strm, args);
+  strm.wait();
+  std::vector<char> out = result();
+  if (reference.empty()) reference = out;
+  if (out.size() != reference.size() ||
+      std::memcmp(out.data(), reference.data(), out.size()) != 0) {
+    return std::numeric_limits<double>::infinity();
+  }
+  double best = std::numeric_limits<double>::infinity();
+  for (int i = 0; i < 2; i++) {
+    auto t0 = std::chrono::steady_clock::now();
+    run(step, strm, args);
+    strm.wait();
+    best = std::min(best, std::chrono::duration<double, std::milli>(
+                              std::chrono::steady_clock::now() - t0).count());
+  }
+  return best;
+}
+
+static std::vector<char> bytes(const dnnl::memory& m) {
+  const char* p = static_cast<const char*>(m.get_data_handle());
+  return std::vector<char>(p, p + m.get_desc().get_size());
+}
+
+// `make()` returns a fresh descriptor (next_impl() changes one in place); `time(pd, reference)`
+// runs `trial` on one implementation. Returns the descriptor of the fastest qualifying one, or
+// oneDNN's first when `tune` is false.
+template <class PD, class Make, class Time>
+static PD fastest_equal(Make make, Time time, bool tune) {
+  PD pd = make();
+  if (!tune) return pd;
+  std::vector<char> reference;
+  int best = 0, i = 0;
+  double best_ms = std::numeric_limits<double>::infinity();
+  do {
+    if (std::string(pd.impl_info_str()).rfind("ref", 0) != 0) {  // reference code: seconds
+      double ms = time(pd, reference);
+      if (ms < best_ms) best_ms = ms, best = i;
+    }
+    i++;
+  } while (pd.next_impl());
+  PD chosen = make();
+  while (best-- > 0) chosen.next_impl();
+  return chosen;
+}
+
 template <class Fwd, class BwdData, class BwdW>
 static std::shared_ptr<Prims> build(dnnl::algorithm alg, const dnnl::memory::desc& src,
                                     const dnnl::memory::desc& plain_w,
                                     const dnnl::memory::desc& dst, const dnnl::memory::dims& s,
-                                    const dnnl::memory::dims& pl, const dnnl::memory::dims& pr) {
+                                    const dnnl::memory::dims& pl, const dnnl::memory::dims& pr,
+                                    bool tune) {
   dnnl::memory::desc wany(plain_w.get_dims(), dt::f32, tag::any);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  typename Fwd::primitive_desc fpd(eng(), dnnl::prop_kind::forward_training, alg, src, wany, dst,
-                                   s, pl, pr, attr);
-  typename BwdData::primitive_desc bpd(eng(), alg, src, wany, dst, s, pl, pr, fpd, attr);
-  typename BwdW::primitive_desc wpd(eng(), alg, src, wany, dst, s, pl, pr, fpd, attr);
   auto reorder = [&attr](const dnnl::memory::desc& a, const dnnl::memory::desc& b) {
     dnnl::reorder::primitive_desc rpd(eng(), a, eng(), b, attr);
     return Step{dnnl::reorder(rpd), rpd.scratchpad_desc()};
   };
+  auto make_fwd = [&] {
+    return typename Fwd::primitive_desc(eng(), dnnl::prop_kind::forward_training, alg, src, wany,
+                                        dst, s, pl, pr, attr);
+  };
+  auto hint = make_fwd();  // the backward descriptors' hint: oneDNN's first forward choice
+  dnnl::memory x, y, w;
+  if (tune) x = random_memory(src, 1), y = random_memory(dst, 2), w = random_memory(plain_w, 3);
+  // The weights in an implementation's own layout, converted from the same random `w`.
+  auto weights_for = [&](const dnnl::memory::desc& d) {
+    dnnl::memory m(d, eng());
+    dnnl::stream strm(eng());
+    run(reorder(plain_w, d), strm, {{DNNL_ARG_FROM, w}, {DNNL_ARG_TO, m}});
+    strm.wait();
+    return m;
+  };
+  auto fpd = fastest_equal<typename Fwd::primitive_desc>(make_fwd, [&](auto& pd, auto& ref) {
+    dnnl::memory out(dst, eng());
+    return trial(Step{Fwd(pd), pd.scratchpad_desc()},
+                 {{DNNL_ARG_SRC, x}, {DNNL_ARG_WEIGHTS, weights_for(pd.weights_desc())},
+                  {DNNL_ARG_DST, out}}, [&] { return bytes(out); }, ref);
+  }, tune);
+  auto make_bwd = [&] {
+    return typename BwdData::primitive_desc(eng(), alg, src, wany, dst, s, pl, pr, hint, attr);
+  };
+  auto bpd = fastest_equal<typename BwdData::primitive_desc>(make_bwd, [&](auto& pd, auto& ref) {
+    dnnl::memory out(src, eng());
+    return trial(Step{BwdData(pd), pd.scratchpad_desc()},
+                 {{DNNL_ARG_DIFF_DST, y}, {DNNL_ARG_WEIGHTS, weights_for(pd.weights_desc())},
+                  {DNNL_ARG_DIFF_SRC, out}}, [&] { return bytes(out); }, ref);
+  }, tune);
+  auto make_bwd_w = [&] {
+    return typename BwdW::primitive_desc(eng(), alg, src, wany, dst, s, pl, pr, hint, attr);
+  };
+  auto wpd = fastest_equal<typename BwdW::primitive_desc>(make_bwd_w, [&](auto& pd, auto& ref) {
+    dnnl::memory out(pd.diff_weights_desc(), eng()), plain(plain_w, eng());
+    return trial(Step{BwdW(pd), pd.scratchpad_desc()},
+                 {{DNNL_ARG_SRC, x}, {DNNL_ARG_DIFF_DST, y}, {DNNL_ARG_DIFF_WEIGHTS, out}}, [&] {
+                   dnnl::stream strm(eng());
+                   run(reorder(pd.diff_weights_desc(), plain_w), strm,
+                       {{DNNL_ARG_FROM, out}, {DNNL_ARG_TO, plain}});
+                   strm.wait();
+                   return bytes(plain);
+                 }, ref);
+  }, tune);
   return std::make_shared<Prims>(Prims{
       src, dst, plain_w, fpd.weights_desc(), bpd.weights_desc(), wpd.diff_weights_desc(),
       Step{Fwd(fpd), fpd.scratchpad_desc()}, Step{BwdData(bpd), bpd.scratchpad_desc()},
@@ -74,7 +189,8 @@ using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int
 
 static std::shared_ptr<Prims> get(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k,
                                   ffi::Span<const int64_t> y, int64_t sh, int64_t sw,
-                                  int64_t pt, int64_t pl, int64_t pb, int64_t pr, bool transposed) {
+                                  int64_t pt, int64_t pl, int64_t pb, int64_t pr, bool transposed,
+                                  bool tune = false) {
   static std::map<Key, std::shared_ptr<Prims>> cache;
   static std::mutex mu;
   std::lock_guard<std::mutex> l(mu);
@@ -89,10 +205,10 @@ static std::shared_ptr<Prims> get(ffi::Span<const int64_t> x, ffi::Span<const in
   auto made = transposed
       ? build<dnnl::deconvolution_forward, dnnl::deconvolution_backward_data,
               dnnl::deconvolution_backward_weights>(dnnl::algorithm::deconvolution_direct, src,
-                                                    plain_w, dst, s, lo, hi)
+                                                    plain_w, dst, s, lo, hi, tune)
       : build<dnnl::convolution_forward, dnnl::convolution_backward_data,
               dnnl::convolution_backward_weights>(dnnl::algorithm::convolution_direct, src,
-                                                  plain_w, dst, s, lo, hi);
+                                                  plain_w, dst, s, lo, hi, tune);
   cache[key] = made;
   return made;
 }
@@ -163,6 +279,22 @@ ffi::Error BwdWeightsImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
     run(p->from_dw, strm, {{DNNL_ARG_FROM, dwb}, {DNNL_ARG_TO, dwp}});
     strm.wait();
   });
+}
+
+// Builds a layer's primitives with the fastest qualifying implementations (see `fastest_equal`);
+// onednn.py calls it while tracing, when no step runs to disturb the timings. A call at run time
+// that finds no primitives builds oneDNN's first choices, which compute the same bits. Returns
+// 0, or -1 where oneDNN cannot build them (the custom call then reports why).
+extern "C" int UnmixPrepareConv(int64_t n, int64_t h, int64_t w, int64_t ci, int64_t kh,
+                                int64_t kw, int64_t co, int64_t oh, int64_t ow, int64_t sh,
+                                int64_t sw, int64_t pt, int64_t pl, int64_t pb, int64_t pr,
+                                bool transposed) {
+  int64_t x[4] = {n, h, w, ci}, k[4] = {kh, kw, ci, co}, y[4] = {n, oh, ow, co};
+  auto span = [](const int64_t* d) { return ffi::Span<const int64_t>(d, 4); };
+  return guarded([&] { get(span(x), span(k), span(y), sh, sw, pt, pl, pb, pr, transposed, true); })
+                 .success()
+             ? 0
+             : -1;
 }
 
 #define UNMIX_CONV_ATTRS                                                                   \
