@@ -214,12 +214,14 @@ static std::shared_ptr<Prims> get(ffi::Span<const int64_t> x, ffi::Span<const in
 }
 
 // oneDNN reports failures by exception, which must not cross the C boundary into XLA.
-// One call at a time: each spreads over every core with OpenMP, so two that XLA starts side by
-// side (a layer's input and kernel gradients, the autoencoder's two decoders) would only
-// oversubscribe the cores (on 2 cores, in-process A/B: U-Net step 1.3%, autoencoder 2% faster).
+// One call at a time, of every kind: each spreads over every core with OpenMP, so two that XLA
+// starts side by side (a layer's input and kernel gradients, the autoencoder's two decoders)
+// only oversubscribe the cores. The mutex sits outside the template: a static inside it would
+// be one per call site, which let a layer's two gradients run together (session 13's trace).
+static std::mutex one_at_a_time;
+
 template <typename F>
 static ffi::Error guarded(F body) {
-  static std::mutex one_at_a_time;
   std::lock_guard<std::mutex> lock(one_at_a_time);
   try {
     body();
