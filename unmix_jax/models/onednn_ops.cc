@@ -183,7 +183,8 @@ static std::shared_ptr<Prims> build(dnnl::algorithm alg, const dnnl::memory::des
       reorder(plain_w, bpd.weights_desc()), reorder(wpd.diff_weights_desc(), plain_w)});
 }
 
-// x [n, h, w, ci], y [n, oh, ow, co], kernel [kh, kw, ci, co].
+// x [n, h, w, ci], y [n, oh, ow, co], kernel [kh, kw, ci, co]. Every caller holds
+// `one_at_a_time` (below, through `guarded`), which also guards the cache.
 using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                        int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool>;
 
@@ -192,8 +193,6 @@ static std::shared_ptr<Prims> get(ffi::Span<const int64_t> x, ffi::Span<const in
                                   int64_t pt, int64_t pl, int64_t pb, int64_t pr, bool transposed,
                                   bool tune = false) {
   static std::map<Key, std::shared_ptr<Prims>> cache;
-  static std::mutex mu;
-  std::lock_guard<std::mutex> l(mu);
   Key key{x[0], x[1], x[2], x[3], k[0], k[1], k[3], y[1], y[2], sh, sw, pt, pl, pb, pr,
           transposed};
   auto it = cache.find(key);
