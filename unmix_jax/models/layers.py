@@ -11,7 +11,7 @@ written with one formulation restores into the other.
           become in the backward pass, and for many channels at tiny resolutions, while dots go
           to a tuned GEMM.
   "onednn" "cpu", except the layers where oneDNN's direct convolution is faster (strided and
-          transposed 3x3 convs, every conv at >= 8x8; `onednn.handles`), which run it
+          transposed 3x3 convs, every conv at >= 4x4; `onednn.handles`), which run it
           through FFI custom calls (`onednn.py`; needs g++ and oneDNN 3.x, built on first use).
   "auto"  "onednn" on one CPU device where it builds, else "cpu" (also on several simulated
           CPU devices); "xla" on other backends (resolved when the layer is built).

@@ -112,16 +112,17 @@ def unavailable() -> str | None:
 def handles(x_shape, kernel_shape, strides, dtype, transposed: bool = False) -> bool:
   """Whether `conv` / `conv_transpose` runs this float32 layer: the faster choice in per-layer
   timings (README, Performance; `experiments.benchmark --layers`). oneDNN wins on strided and
-  transposed 3x3 convs and on every conv at 8x8 or larger, the RGB input's included (its
+  transposed 3x3 convs and on every conv at 4x4 or larger, the RGB input's included (its
   unneeded input gradient is never computed, see `_bwd`); the `cpu` matrix products win where
-  the layer is nearly one matmul: 2x2 and 4x4 inputs and the U-Net's 2x2 stride-2 up-sampling
-  (kernel = stride)."""
+  the layer is nearly one matmul: 2x2 inputs and the U-Net's 2x2 stride-2 up-sampling
+  (kernel = stride). At 4x4 oneDNN 3.2 overtook them (session 14, Zen 4: U-Net 4x4 layers
+  93 vs 112 ms alone); oneDNN 2.6 had lost there."""
   if jnp.dtype(dtype) != jnp.float32:
     return False
   _, h, w, _ = x_shape
   if transposed:
     return all(k > s for k, s in zip(kernel_shape[:2], strides))
-  return tuple(strides) != (1, 1) or min(h, w) >= 8
+  return tuple(strides) != (1, 1) or min(h, w) >= 4
 
 
 def conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
