@@ -6,7 +6,8 @@
   python -m experiments.benchmark --config=configs/unet.py --layers [--compare=torch]
 
 Prints one JSON line: compile seconds, images/s (min / median / max over repeats), XLA FLOPs per
-step, achieved GFLOP/s, share of wall time outside the jitted step, and with --compare=torch the
+step, achieved GFLOP/s, share of wall time outside the jitted step (and the host's batch
+work per step, timed alone, over the step time), and with --compare=torch the
 PyTorch reference's images/s and the ratio. With --layers: one JSON line per distinct conv of
 the model instead, forward + backward alone, stock lax conv vs the CPU formulation (and the same
 layer in PyTorch with --compare=torch). Needs no

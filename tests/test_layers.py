@@ -150,6 +150,7 @@ def test_benchmark_runs_on_the_smoke_presets_and_prints_its_keys(name):
   result = json.loads(out.stdout.strip().splitlines()[-1])
   for key in ("compile_s", "images_per_s_min", "images_per_s_median", "images_per_s_max",
               "gflop_per_step", "gflop_per_s", "model_gflop_per_s", "outside_step_share",
+              "host_batch_share",
               "conv_impl", "matmul_ceiling_gflop_per_s", "model_share_of_ceiling"):
     assert key in result, key
   assert result["matmul_ceiling_gflop_per_s"] > 0
@@ -159,6 +160,7 @@ def test_benchmark_runs_on_the_smoke_presets_and_prints_its_keys(name):
   assert ("onednn_version" in result) == (result["conv_impl"] == "onednn")
   assert result["images_per_s_min"] <= result["images_per_s_median"] <= result["images_per_s_max"]
   assert 0 <= result["outside_step_share"] < 1
+  assert 0 < result["host_batch_share"] < 1
 
 
 def test_benchmark_compares_with_pytorch_when_it_is_installed():

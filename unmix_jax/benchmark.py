@@ -21,6 +21,7 @@ from unmix_jax.models import layers, onednn
 # Between JAX and PyTorch rounds: PyTorch's OpenMP workers spin for a while after each parallel
 # region and would steal the two cores from the round that follows.
 PAUSE_S = 1.0
+HOST_CALLS = 200
 
 
 def synthetic_batches(config, seed: int = 0):
@@ -181,6 +182,12 @@ def measure(config, *, steps: int, repeats: int, warmup: int, other=None) -> dic
   # the same steps on batches already resident.
   out["outside_step_share"] = round(
       max(0.0, 1.0 - statistics.median(resident) / statistics.median(loop)), 4)
+  # That difference of two times swings by +-4% per round pair on the AE's 37 ms step as the
+  # host's speed drifts (session 14), so the host's own work per step (slicing and sharding the
+  # next batch) is also timed alone, over the step: an upper bound, since dispatch is async.
+  t0 = time.perf_counter()
+  jax.block_until_ready([jstep._idx(k) for k in range(HOST_CALLS)])
+  out["host_batch_share"] = round((time.perf_counter() - t0) / HOST_CALLS / median_step, 4)
   if other is not None:
     out.update(summary(f"{other.name}_", jstep.batch, theirs, steps))
     out[f"jax_over_{other.name}"] = round(
