@@ -115,8 +115,8 @@ def handles(x_shape, kernel_shape, strides, dtype, transposed: bool = False) -> 
   transposed 3x3 convs and on every conv at 4x4 or larger, the RGB input's included (its
   unneeded input gradient is never computed, see `_bwd`); the `cpu` matrix products win where
   the layer is nearly one matmul: 2x2 inputs and the U-Net's 2x2 stride-2 up-sampling
-  (kernel = stride). At 4x4 oneDNN 3.2 overtook them (session 14, Zen 4: U-Net 4x4 layers
-  93 vs 112 ms alone); oneDNN 2.6 had lost there."""
+  (kernel = stride). At 4x4 oneDNN 3.2 overtook them on a Zen 4 (session 14: U-Net 4x4 layers
+  93 vs 112 ms alone, step 1-2% faster); older code had lost there on Zen 3 and Zen 5."""
   if jnp.dtype(dtype) != jnp.float32:
     return False
   _, h, w, _ = x_shape
