@@ -116,7 +116,8 @@ def handles(x_shape, kernel_shape, strides, dtype, transposed: bool = False) -> 
   unneeded input gradient is never computed, see `_bwd`); the `cpu` matrix products win where
   the layer is nearly one matmul: 2x2 inputs and the U-Net's 2x2 stride-2 up-sampling
   (kernel = stride). At 4x4 oneDNN 3.2 overtook them on a Zen 4 (session 14: U-Net 4x4 layers
-  93 vs 112 ms alone, step 1-2% faster); older code had lost there on Zen 3 and Zen 5."""
+  93 vs 112 ms alone; step A/Bs 1.011 and 1.017 against 1.005 for a null one); older code had
+  lost there on Zen 3 and Zen 5."""
   if jnp.dtype(dtype) != jnp.float32:
     return False
   _, h, w, _ = x_shape
