@@ -19,6 +19,7 @@ CASES = [
     (["--config.data.num_train_pairs=490"], "num_train_pairs"),
     (["--config.data.num_test_pairs=500"], "config.data.num_test_pairs"),
     (["--config.train.conv_impl=fast"], "config.train.conv_impl"),
+    (["--config.train.steps_per_call=0"], "config.train.steps_per_call"),
 ]
 
 

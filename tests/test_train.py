@@ -88,6 +88,48 @@ def test_training_is_deterministic_for_a_seed():
   assert all(np.array_equal(a, b) for a, b in zip(params_a, params_b))
 
 
+@pytest.mark.parametrize("name", ["unet", "ae", "vae"])
+def test_one_call_of_k_steps_equals_k_calls(name):
+  import importlib
+  config = importlib.import_module(f"configs.{name}").get_config("smoke")
+  tx = train.make_optimizer(config, 10)
+  graphdef, state = train.create_train_state(config, tx)
+  idx = jnp.array([[[3 * k, 3 * k + 1], [3 * k + 2, 15 - k]] for k in range(3)], jnp.int32)
+  key = jax.random.PRNGKey(0)
+  window = train.zero_window(graphdef, config, tx, state, random_images(), idx[0], key)
+  single = train.make_train_step(graphdef, config, tx)
+  state_a, window_a = jax.tree.map(jnp.copy, state), window
+  for k in range(3):
+    state_a, window_a = single(state_a, window_a, random_images(), idx[k], key)
+  stacked = train.make_train_step(graphdef, config, tx, stacked=True)
+  state_b, window_b = stacked(state, window, random_images(), idx, key)
+  assert int(state_b.step) == 3
+  for a, b in zip(jax.tree.leaves((state_a, window_a)), jax.tree.leaves((state_b, window_b))):
+    np.testing.assert_array_equal(a, b)  # bit for bit: steps_per_call never changes results
+
+
+def test_calls_stop_at_log_lines_epoch_ends_and_profiled_steps():
+  config = smoke_config()
+  config.train.steps_per_call, config.train.log_every = 4, 8
+
+  def sizes(done, left):
+    out = []
+    while left:
+      n = train.call_size(config, done, left)
+      out.append(n)
+      done, left = done + n, left - n
+    return out
+
+  assert sizes(0, 16) == [4, 4, 4, 4]
+  assert sizes(0, 10) == [4, 4, 1, 1]  # the epoch ends after 10
+  assert sizes(10, 12) == [4, 1, 1, 4, 1, 1]  # log lines at 16 and 24
+  config.profile.start_step, config.profile.num_steps = 5, 2  # steps 6 and 7 traced alone
+  assert sizes(0, 16) == [4, 1, 1, 1, 1, 4, 4]
+  config.train.log_every = 3  # fewer steps than a call between log lines: one by one
+  config.profile.start_step = -1
+  assert sizes(0, 5) == [1] * 5
+
+
 def test_evaluate_pads_the_last_batch_without_changing_results():
   config = smoke_config()
   tx = train.make_optimizer(config, 10)

@@ -44,10 +44,12 @@ def flops_of(compiled) -> float | None:
 
 class JaxStep:
   """The config's train step, compiled once; `run(n)` times n steps the way training runs them
-  and `run_resident(n)` times n steps on batches already on the device."""
+  (`config.train.steps_per_call` steps per call, the rest one by one) and `run_resident(n)`
+  times the same calls on batches already on the device."""
 
   def __init__(self, config):
     self.batch = config.train.batch_size
+    self.per_call = config.train.steps_per_call
     self.conv_impl = layers.resolve(config.train.conv_impl)
     tx = train.make_optimizer(config, total_steps=10_000)
     graphdef, state = train.create_train_state(config, tx)
@@ -62,8 +64,15 @@ class JaxStep:
     step = train.make_train_step(graphdef, config, tx)
     t0 = time.perf_counter()
     self.step = step.lower(self.state, self.window, self.images, sample, self.key).compile()
+    self.steps = None
+    if self.per_call > 1:
+      stacked = train.make_train_step(graphdef, config, tx, stacked=True)
+      self.steps = stacked.lower(self.state, self.window, self.images,
+                                 self._idx(0, self.per_call), self.key).compile()
+    # Both programs, as a training run compiles both (the single step runs the steps left
+    # before a log line or an epoch's end).
     self.compile_seconds = time.perf_counter() - t0
-    self.flops = flops_of(self.step)
+    self.flops = flops_of(self.step)  # per step: a scan's cost analysis counts its body once
     self.model_flops = self.flops
     if self.conv_impl != "xla":
       # The matrix-product forms multiply some zeros (padding taps at tiny resolutions, kernel
@@ -77,30 +86,38 @@ class JaxStep:
     self.params = train.count_params(state.params)
     self._i = 0
 
-  def _idx(self, i: int):
-    start = (i * self.batch) % (len(self.order) - self.batch + 1)
-    return parallel.shard_batch(self.order[start:start + self.batch], self.mesh)
+  def _idx(self, i: int, n: int = 1):
+    """Index batches [B, 2] (n = 1) or [n, B, 2] for the call starting at step i."""
+    start = (i * self.batch) % (len(self.order) - n * self.batch + 1)
+    rows = self.order[start:start + n * self.batch]
+    return parallel.shard_batch(rows if n == 1 else rows.reshape(n, self.batch, 2), self.mesh)
+
+  def _calls(self, n: int) -> list[int]:
+    return [self.per_call] * (n // self.per_call) + [1] * (n % self.per_call)
 
   def _loop(self, batches) -> float:
     window = self.window
     t0 = time.perf_counter()
     for idx in batches:
-      self.state, window = self.step(self.state, window, self.images, idx, self.key)
+      call = self.step if idx.ndim == 2 else self.steps
+      self.state, window = call(self.state, window, self.images, idx, self.key)
     jax.block_until_ready((self.state, window))
     return time.perf_counter() - t0
 
   def run(self, n: int) -> float:
-    """Seconds for n steps, each batch sliced and sharded on the host as in training."""
+    """Seconds for n steps, each call's batches sliced and sharded on the host as in training."""
     def batches():
-      for _ in range(n):
-        self._i += 1
-        yield self._idx(self._i)
+      for size in self._calls(n):
+        yield self._idx(self._i, size)
+        self._i += size
     return self._loop(batches())
 
   def run_resident(self, n: int) -> float:
-    """Seconds for n steps on batches prepared beforehand (no host work between steps)."""
-    prepared = [self._idx(self._i + k + 1) for k in range(n)]
-    self._i += n
+    """Seconds for n steps on batches prepared beforehand (no host work between calls)."""
+    prepared = []
+    for size in self._calls(n):
+      prepared.append(self._idx(self._i, size))
+      self._i += size
     jax.block_until_ready(prepared)
     return self._loop(prepared)
 
@@ -138,7 +155,7 @@ def measure(config, *, steps: int, repeats: int, warmup: int, other=None) -> dic
   `run(n)` and `name`, e.g. the PyTorch reference), its rounds alternate with the JAX rounds so
   both see the same machine state, and the ratio of medians is reported."""
   jstep = JaxStep(config)
-  jstep.run(warmup)
+  jstep.run(max(warmup, jstep.per_call))  # at least one call of several steps
   if other is not None:
     other.run(warmup)
   ceiling = MatmulCeiling()
@@ -162,7 +179,7 @@ def measure(config, *, steps: int, repeats: int, warmup: int, other=None) -> dic
       "batch": jstep.batch, "backend": jax.default_backend(), "devices": jstep.mesh.size,
       "conv_impl": jstep.conv_impl, "compute_dtype": config.train.compute_dtype,
       **({"onednn_version": onednn.version()} if jstep.conv_impl == "onednn" else {}),
-      "steps": steps, "repeats": repeats,
+      "steps": steps, "steps_per_call": jstep.per_call, "repeats": repeats,
       "compile_s": round(jstep.compile_seconds, 2),
   }
   out.update(summary("", jstep.batch, loop, steps))
@@ -186,8 +203,9 @@ def measure(config, *, steps: int, repeats: int, warmup: int, other=None) -> dic
   # host's speed drifts (session 14), so the host's own work per step (slicing and sharding the
   # next batch) is also timed alone, over the step: an upper bound, since dispatch is async.
   t0 = time.perf_counter()
-  jax.block_until_ready([jstep._idx(k) for k in range(HOST_CALLS)])
-  out["host_batch_share"] = round((time.perf_counter() - t0) / HOST_CALLS / median_step, 4)
+  jax.block_until_ready([jstep._idx(k, jstep.per_call) for k in range(HOST_CALLS)])
+  out["host_batch_share"] = round(
+      (time.perf_counter() - t0) / (HOST_CALLS * jstep.per_call) / median_step, 4)
   if other is not None:
     out.update(summary(f"{other.name}_", jstep.batch, theirs, steps))
     out[f"jax_over_{other.name}"] = round(

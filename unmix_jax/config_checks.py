@@ -48,6 +48,8 @@ def validate(config) -> None:
   _require(t.epochs >= 1, f"config.train.epochs={t.epochs} must be >= 1.")
   _require(t.eval_batch_size >= 1, f"config.train.eval_batch_size={t.eval_batch_size} must be >= 1.")
   _require(t.log_every >= 1, f"config.train.log_every={t.log_every} must be >= 1.")
+  _require(t.steps_per_call >= 1,
+           f"config.train.steps_per_call={t.steps_per_call} must be >= 1 (1: one step per call).")
   _require(t.keep_checkpoints >= 1,
            f"config.train.keep_checkpoints={t.keep_checkpoints} must be >= 1.")
   _require(t.warmup_steps >= 0, f"config.train.warmup_steps={t.warmup_steps} must be >= 0.")

@@ -40,8 +40,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, PartitionSpec(AXIS))
+def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
+  """Split along the batch axis: the first, or the second of a stack [K, B, ...]."""
+  return NamedSharding(mesh, PartitionSpec(None, AXIS) if stacked else PartitionSpec(AXIS))
 
 
 def replicate(tree, mesh: Mesh):
@@ -49,17 +50,20 @@ def replicate(tree, mesh: Mesh):
 
 
 def shard_batch(idx: np.ndarray, mesh: Mesh) -> jax.Array:
-  """Global index batch [B, 2] (the same on every host) -> array split along "data".
+  """Global index batch [B, 2], or a stack of them [K, B, 2] for one call of K steps (the same
+  on every host) -> array split along "data" on its batch axis.
 
   Each process contributes only its contiguous share of rows.
   """
-  sharding = batch_sharding(mesh)
+  stacked = idx.ndim == 3
+  sharding = batch_sharding(mesh, stacked)
   if jax.process_count() == 1:
     return jax.device_put(idx, sharding)
-  per_process = len(idx) // jax.process_count()
+  rows = idx.shape[1 if stacked else 0]
+  per_process = rows // jax.process_count()
   start = jax.process_index() * per_process
-  return jax.make_array_from_process_local_data(sharding, idx[start:start + per_process],
-                                                idx.shape)
+  local = idx[:, start:start + per_process] if stacked else idx[start:start + per_process]
+  return jax.make_array_from_process_local_data(sharding, local, idx.shape)
 
 
 def is_main_process() -> bool:

@@ -184,13 +184,18 @@ def _step_function(graphdef, config, tx) -> Callable:
   return train_step
 
 
-def make_train_step(graphdef, config, tx) -> Callable:
+def make_train_step(graphdef, config, tx, stacked: bool = False) -> Callable:
   """The jitted `train_step(state, window, images, idx, key) -> (state, window)`.
 
   `window` holds the running sums of the step's scalar metrics (loss parts, grad_norm, lr, ...)
   since the last log line; start one with `zero_window`. Summing inside the step keeps the host
   from dispatching one tiny add per metric per step. `state` is donated, `window` is not (the
   zeros are reused to start each window).
+
+  `stacked=True`: idx is [K, B, 2] and one call runs K steps in order (`lax.scan`), with the
+  same numbers as K calls (bit for bit on the CPU, tests/test_train.py). Each call costs the
+  host ~0.4 ms of dispatch for the state's ~150 arrays, plus a hand-over between executions:
+  on 2 CPU cores the AE's ~35 ms steps ran ~5% faster as one call per 20 steps.
   """
   step = _step_function(graphdef, config, tx)
 
@@ -198,7 +203,26 @@ def make_train_step(graphdef, config, tx) -> Callable:
     state, parts = step(state, images, idx, key)
     return state, jax.tree.map(jnp.add, window, parts)
 
+  if stacked:
+    one = train_step
+
+    def train_step(state: TrainState, window, images, idx, key):
+      return jax.lax.scan(lambda carry, i: (one(*carry, images, i, key), None),
+                          (state, window), idx)[0]
+
   return jax.jit(train_step, donate_argnums=0)
+
+
+def call_size(config, done: int, left: int) -> int:
+  """Steps the next train-step call runs, `done` steps into training with `left` left in the
+  epoch: `config.train.steps_per_call` when that many fit before the next log line, the
+  epoch's end and the profiled steps, else 1. The boundaries depend on the step count only,
+  so a resumed run makes the same calls as an unbroken one."""
+  k = config.train.steps_per_call
+  p = config.profile
+  to_log = config.train.log_every - done % config.train.log_every
+  profiled = p.start_step >= 0 and done < p.start_step + p.num_steps and done + k > p.start_step
+  return k if k <= min(to_log, left) and not profiled else 1
 
 
 def zero_window(graphdef, config, tx, state, images, idx, key) -> dict[str, jax.Array]:
@@ -334,6 +358,7 @@ def _train_and_evaluate(config, workdir: str, ckpts: checkpoint.Checkpoints,
   train_images = parallel.replicate(pair_data.train_images, mesh)
   test_images = parallel.replicate(pair_data.test_images, mesh)
   train_step = make_train_step(graphdef, config, tx)
+  train_steps = make_train_step(graphdef, config, tx, stacked=True)
   eval_step = make_eval_step(graphdef, config)
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
   writer = logs.MetricWriter(workdir, resume_step=start_step, enabled=main_process)
@@ -390,23 +415,30 @@ def _train_and_evaluate(config, workdir: str, ckpts: checkpoint.Checkpoints,
         t_window = time.time()
         pending = None  # a finished window, fetched only after the next step is dispatched
         t_epoch = time.time()
-        for i in range(first, spe):
-          idx = parallel.shard_batch(
-              order[i * config.train.batch_size:(i + 1) * config.train.batch_size], mesh)
-          step = epoch * spe + i + 1
+        i = first
+        while i < spe:
+          n = call_size(config, epoch * spe + i, spe - i)
+          rows = order[i * config.train.batch_size:(i + n) * config.train.batch_size]
+          step = epoch * spe + i + n
+          i += n
           with profiler.step(step):
-            state, window = train_step(state, window, train_images, idx, key)
+            if n == 1:
+              idx = parallel.shard_batch(rows, mesh)
+              state, window = train_step(state, window, train_images, idx, key)
+            else:
+              idx = parallel.shard_batch(rows.reshape(n, config.train.batch_size, 2), mesh)
+              state, window = train_steps(state, window, train_images, idx, key)
           profiler.finish_step(step, state)
           if pending is not None:
             log_train(*pending, bar)
             pending = None
-          n_window += 1
-          if step % config.train.log_every == 0 or i == spe - 1:
+          n_window += n
+          if step % config.train.log_every == 0 or i == spe:
             pending = (step, window, n_window, time.time() - t_window)
             window, n_window, t_window = zeros, 0, time.time()
           if bar is not None:
-            bar.update(1)
-          if stop.signum is not None and i < spe - 1:
+            bar.update(n)
+          if stop.signum is not None and i < spe:
             if pending is not None:
               log_train(*pending, bar)
             sums = {k: float(v) for k, v in jax.device_get(window).items()}
