@@ -8,6 +8,8 @@ def get_config(preset=None):
   c.model.name = "ae"
   c.model.encoder_widths = (32, 64, 64)
   c.model.decoder_widths = (56, 32, 16)
+  if c.preset != "smoke":  # its ~35 ms CPU step ran 1.03-1.06x faster (README, Performance)
+    c.train.steps_per_call = 10
   if c.preset == "cpu":
     c.train.epochs = 4
   elif c.preset == "smoke":

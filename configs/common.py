@@ -45,9 +45,9 @@ def get_base_config(preset: str | None) -> ml_collections.ConfigDict:
   c.train.weight_decay = 1e-4
   c.train.grad_clip = 1.0
   c.train.log_every = 50
-  # Train steps per jitted call (a lax.scan; same numbers): the host's dispatch and the hand-over
-  # between calls cost ~5% of a small model's CPU step. Calls stop at log lines and epoch ends.
-  c.train.steps_per_call = 10
+  # Train steps per jitted call (a lax.scan, the same numbers): > 1 saves the host's dispatch
+  # between steps where that is worth a second compiled program (configs/ae.py).
+  c.train.steps_per_call = 1
   c.train.eval_batch_size = 500
   c.train.keep_checkpoints = 3
   c.train.skip_nonfinite = False  # True: drop updates with a non-finite loss or gradient
