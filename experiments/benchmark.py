@@ -5,7 +5,8 @@
   python -m experiments.benchmark --config=configs/unet.py --config.train.conv_impl=xla
   python -m experiments.benchmark --config=configs/unet.py --layers [--compare=torch]
 
-Prints one JSON line: compile seconds, images/s (min / median / max over repeats), XLA FLOPs per
+Steps run as training runs them (`config.train.steps_per_call` per jitted call). Prints one
+JSON line: compile seconds, images/s (min / median / max over repeats), XLA FLOPs per
 step, achieved GFLOP/s, share of wall time outside the jitted step (and the host's batch
 work per step, timed alone, over the step time), and with --compare=torch the
 PyTorch reference's images/s and the ratio. With --layers: one JSON line per distinct conv of
