@@ -50,6 +50,28 @@ def test_smoke_run_writes_logs_pictures_checkpoint_and_resumes(tmp_path, tfds_da
   assert [r["step"] for r in logged if r["split"] == "test"] == [4, 8, 12, 16]
 
 
+def test_each_train_program_compiles_once(tmp_path, tfds_data_dir):
+  """One step per call and several (the smoke preset's 2): two programs, each compiled once
+  before the first step. A metric window on another sharding than the step's outputs used to
+  compile the step again at step 2."""
+  # The command silences logging below ERROR; a handler on "jax" shows its compile log.
+  script = ("import logging, runpy, sys\n"
+            "log = logging.getLogger('jax'); log.setLevel(logging.WARNING)\n"
+            "log.addHandler(logging.StreamHandler())\n"
+            "sys.argv = ['train'] + sys.argv[1:]\n"
+            "runpy.run_module('experiments.train', run_name='__main__')\n")
+  env = dict(os.environ, TFDS_DATA_DIR=tfds_data_dir, JAX_PLATFORMS="cpu", JAX_LOG_COMPILES="1")
+  result = subprocess.run(
+      [sys.executable, "-c", script, "--config=configs/unet.py:smoke",
+       "--config.train.log_every=4",  # so a call gets the window the previous one returned
+       f"--workdir={tmp_path / 'run'}"], cwd=ROOT, env=env, capture_output=True, text=True,
+      timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  compiles = [line for line in result.stderr.splitlines()
+              if line.startswith("Finished XLA compilation of jit(train_step)")]
+  assert len(compiles) == 2, result.stderr[-3000:]
+
+
 def test_resumed_run_equals_unbroken_run(tmp_path, tfds_data_dir):
   """A run stopped after its first checkpoint and started again ends with the same numbers."""
   unbroken = str(tmp_path / "unbroken")

@@ -372,8 +372,13 @@ def _train_and_evaluate(config, workdir: str, ckpts: checkpoint.Checkpoints,
       writer.write(step, split, results[split], epoch=epoch)
     return results
 
-  def log_train(step: int, window: dict, n_steps: int, seconds: float, bar) -> None:
+  def log_train(step: int, window: dict, n_steps: int, since: float, bar) -> float:
+    """Logs a finished window; returns when its last step finished (here: when its metrics
+    arrived), where the next window's time starts. Timed between finishes, not dispatches:
+    the host dispatches ahead of the steps."""
     sums = {k: float(v) for k, v in jax.device_get(window).items()}
+    done = time.time()
+    seconds = done - since
     applied = n_steps - sums.get("skipped", 0.0)
     means = {k: v / applied if applied else math.nan for k, v in sums.items()}
     if "skipped" in sums:
@@ -390,6 +395,7 @@ def _train_and_evaluate(config, workdir: str, ckpts: checkpoint.Checkpoints,
     if bar is not None:
       bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{means['images_per_s']:.0f}",
                       refresh=False)
+    return done
 
   t_start = time.time()
   train_seconds = 0.0
@@ -400,9 +406,21 @@ def _train_and_evaluate(config, workdir: str, ckpts: checkpoint.Checkpoints,
   bar = _progress(total_steps, start_step) if show_progress and main_process else None
   profiler = profiling.StepProfiler(config.profile, workdir)
   sample_idx = parallel.shard_batch(pair_data.train_pairs[:config.train.batch_size], mesh)
-  zeros = zero_window(graphdef, config, tx, state, train_images, sample_idx, key)
+  # Replicated like the windows the step returns: a window on one device only would make jit
+  # compile the step a second time at step 2 (a different input sharding).
+  zeros = parallel.replicate(
+      zero_window(graphdef, config, tx, state, train_images, sample_idx, key), mesh)
   if profiler.dump_hlo_enabled:
     profiler.dump_hlo(train_step, state, zeros, train_images, sample_idx, key)
+  # Compile both programs now (jit reuses the result), so that no log window's images/s
+  # includes a compile: with several steps per call the single step first runs at an epoch's end.
+  # (This lowering and `zeros` must match the loop's arguments in sharding for jit to reuse it.)
+  train_step.lower(state, zeros, train_images, sample_idx, key).compile()
+  if config.train.steps_per_call > 1:
+    stack = np.tile(pair_data.train_pairs[:config.train.batch_size],
+                    (config.train.steps_per_call, 1, 1))
+    train_steps.lower(state, zeros, train_images, parallel.shard_batch(stack, mesh),
+                      key).compile()
   try:
     with StopRequests() as stop:
       for epoch in range(start_step // spe, config.train.epochs):
@@ -410,9 +428,10 @@ def _train_and_evaluate(config, workdir: str, ckpts: checkpoint.Checkpoints,
         first = start_step - epoch * spe if epoch == start_step // spe else 0
         window, n_window = zeros, 0
         if carried and first:
-          window = {k: jnp.asarray(v, jnp.float32) for k, v in carried["sums"].items()}
+          window = parallel.replicate(
+              {k: np.asarray(v, np.float32) for k, v in carried["sums"].items()}, mesh)
           n_window = carried["n"]
-        t_window = time.time()
+        t_mark = time.time()  # when the current window's steps started running
         pending = None  # a finished window, fetched only after the next step is dispatched
         t_epoch = time.time()
         i = first
@@ -430,23 +449,23 @@ def _train_and_evaluate(config, workdir: str, ckpts: checkpoint.Checkpoints,
               state, window = train_steps(state, window, train_images, idx, key)
           profiler.finish_step(step, state)
           if pending is not None:
-            log_train(*pending, bar)
+            t_mark = log_train(*pending, t_mark, bar)
             pending = None
           n_window += n
           if step % config.train.log_every == 0 or i == spe:
-            pending = (step, window, n_window, time.time() - t_window)
-            window, n_window, t_window = zeros, 0, time.time()
+            pending = (step, window, n_window)
+            window, n_window = zeros, 0
           if bar is not None:
             bar.update(n)
           if stop.signum is not None and i < spe:
             if pending is not None:
-              log_train(*pending, bar)
+              log_train(*pending, t_mark, bar)
             sums = {k: float(v) for k, v in jax.device_get(window).items()}
             ckpts.save(step, state, dict(epoch=step / spe, step=step, model=model_meta,
                                          window=dict(n=n_window, sums=sums)), None)
             raise Preempted(stop.signum, step, ckpts.directory)
         if pending is not None:
-          log_train(*pending, bar)
+          log_train(*pending, t_mark, bar)
         jax.block_until_ready(state)
         train_seconds += time.time() - t_epoch
         step = (epoch + 1) * spe
