@@ -64,11 +64,10 @@ class JaxStep:
     step = train.make_train_step(graphdef, config, tx)
     t0 = time.perf_counter()
     self.step = step.lower(self.state, self.window, self.images, sample, self.key).compile()
-    self.steps = None
     self._stacked = train.make_train_step(graphdef, config, tx, stacked=True)
-    self._one_call = {}
+    self._one_call = {}  # compiled calls of n > 1 steps, by n
     if self.per_call > 1:
-      self.steps = self._compile_stacked(self.per_call)
+      self._compile_stacked(self.per_call)
     # Both programs, as a training run compiles both (the single step runs the steps left
     # before a log line or an epoch's end).
     self.compile_seconds = time.perf_counter() - t0

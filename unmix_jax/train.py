@@ -438,15 +438,13 @@ def _train_and_evaluate(config, workdir: str, ckpts: checkpoint.Checkpoints,
         while i < spe:
           n = call_size(config, epoch * spe + i, spe - i)
           rows = order[i * config.train.batch_size:(i + n) * config.train.batch_size]
+          idx = parallel.shard_batch(
+              rows if n == 1 else rows.reshape(n, config.train.batch_size, 2), mesh)
           step = epoch * spe + i + n
           i += n
           with profiler.step(step):
-            if n == 1:
-              idx = parallel.shard_batch(rows, mesh)
-              state, window = train_step(state, window, train_images, idx, key)
-            else:
-              idx = parallel.shard_batch(rows.reshape(n, config.train.batch_size, 2), mesh)
-              state, window = train_steps(state, window, train_images, idx, key)
+            state, window = (train_step if n == 1 else train_steps)(
+                state, window, train_images, idx, key)
           profiler.finish_step(step, state)
           if pending is not None:
             t_mark = log_train(*pending, t_mark, bar)
