@@ -231,7 +231,7 @@ def conv_layers(config, batch: int | None = None) -> list[tuple[str, tuple, tupl
 
   def recorder(cls):
     def call(self, x):
-      entry = (cls.__name__, tuple(x.shape), tuple(self.kernel.shape), layers._strides(self))
+      entry = (cls.__name__, tuple(x.shape), tuple(self.kernel.shape), layers.layer_strides(self))
       if entry not in seen:
         seen.append(entry)
       return originals[cls](self, x)

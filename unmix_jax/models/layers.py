@@ -165,7 +165,7 @@ def _valid_taps(x: jax.Array, kernel: jax.Array, pad_top: int, pad_left: int) ->
 
 
 @functools.lru_cache(maxsize=None)
-def _phase_taps(k: int, s: int) -> tuple[int, tuple[tuple[int | None, ...], ...]]:
+def phase_taps(k: int, s: int) -> tuple[int, tuple[tuple[int | None, ...], ...]]:
   """For lax.conv_transpose(padding='SAME', transpose_kernel=False) along one axis: output
   o = s*i + a reads input i + d through kernel tap t when (a + t - pad) = s*d; t is unique
   for each (d, a). Returns (d_min, taps) with taps[d - d_min][a] = t, or None where no tap
@@ -187,8 +187,8 @@ def conv_transpose2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) 
   b, h, w, _ = x.shape
   kh, kw, cin, cout = kernel.shape
   sh, sw = strides
-  dh, taps_h = _phase_taps(kh, sh)
-  dw, taps_w = _phase_taps(kw, sw)
+  dh, taps_h = phase_taps(kh, sh)
+  dw, taps_w = phase_taps(kw, sw)
   nh, nw = len(taps_h), len(taps_w)
   # [nh * nw, Cin, sh * sw, Cout]: the weight of input offset (p, q) for output phase (a, b),
   # stacked from the kernel's taps (an einsum with 0/1 selection matrices cost a dense product
@@ -218,19 +218,19 @@ def _check_supported(layer, kind: str) -> None:
   """The forms here (and oneDNN's calls) implement only what the models use."""
   if (layer.padding != "SAME" or layer.kernel_dilation not in (1, (1, 1), None)
       or getattr(layer, "feature_group_count", 1) != 1 or layer.mask is not None
-      or len(layer.kernel_size) != 2 or len(_strides(layer)) != 2):
+      or len(layer.kernel_size) != 2 or len(layer_strides(layer)) != 2):
     raise ValueError(f"conv_impl={layer.impl!r} {kind}s support 2-D 'SAME' convs without dilation, "
                      "groups or masks; build this layer with impl='xla'.")
 
 
-def _strides(layer) -> tuple[int, int]:
+def layer_strides(layer) -> tuple[int, int]:
   s = layer.strides
   if s is None:
     return (1, 1)
   return (s, s) if isinstance(s, int) else tuple(s)
 
 
-def _operands(layer, inputs: jax.Array):
+def operands(layer, inputs: jax.Array):
   """(x, kernel, bias) in the layer's compute dtype, as the Flax layers promote them; bias is
   0 for a layer built with use_bias=False."""
   bias = layer.bias[...] if layer.bias is not None else jnp.zeros((), layer.param_dtype)
@@ -255,8 +255,8 @@ class Conv(nnx.Conv):
   def unbiased(self, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(output before the bias, bias [Cout] or 0) with the 'cpu' / 'onednn' forms, for a
     caller that folds the bias into what follows (batchnorm.py)."""
-    x, kernel, bias = _operands(self, inputs)
-    strides = _strides(self)
+    x, kernel, bias = operands(self, inputs)
+    strides = layer_strides(self)
     if self.impl == "onednn" and onednn.handles(x.shape, kernel.shape, strides, x.dtype):
       return onednn.conv(x, kernel, strides), bias
     return conv2d(x, kernel, strides, conv_plan(x.shape, kernel.shape, strides)), bias
@@ -282,8 +282,8 @@ class ConvTranspose(nnx.ConvTranspose):
 
   def unbiased(self, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
     """As `Conv.unbiased`."""
-    x, kernel, bias = _operands(self, inputs)
-    strides = _strides(self)
+    x, kernel, bias = operands(self, inputs)
+    strides = layer_strides(self)
     if self.impl == "onednn" and onednn.handles(x.shape, kernel.shape, strides, x.dtype,
                                                 transposed=True):
       return onednn.conv_transpose(x, kernel, strides), bias

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from unmix_jax.models import layers, outputs
+from unmix_jax.models import layers, outputs, up_conv
 
 
 def _windows(x: jax.Array) -> jax.Array:
@@ -55,7 +55,9 @@ class DoubleConv(nnx.Module):
 
 
 class Up(nnx.Module):
-  """2x up-sampling, skip concatenation, DoubleConv: [B, H, W, c_in] -> [B, 2H, 2W, c_out]."""
+  """2x up-sampling, skip concatenation, DoubleConv: [B, H, W, c_in] -> [B, 2H, 2W, c_out].
+  With conv_impl='onednn', at H >= 8 the up-sampling and the first conv run composed
+  (`up_conv.py`): the same function of the same parameters, with less work."""
 
   def __init__(self, c_in: int, c_out: int, *, rngs: nnx.Rngs, dtype=None, impl: str = "auto"):
     self.up = layers.ConvTranspose(c_in, c_out, (2, 2), strides=(2, 2), dtype=dtype, impl=impl,
@@ -63,6 +65,14 @@ class Up(nnx.Module):
     self.conv = DoubleConv(2 * c_out, c_out, rngs=rngs, dtype=dtype, impl=impl)
 
   def __call__(self, x: jax.Array, skip: jax.Array) -> jax.Array:
+    conv1 = self.conv.conv1
+    x, up_kernel, up_bias = layers.operands(self.up, x)
+    if (self.up.impl == conv1.impl == "onednn"
+        and up_conv.used(x.shape, up_kernel.shape, layers.layer_strides(self.up), x.dtype)):
+      skip, conv_kernel, conv_bias = layers.operands(conv1, skip)
+      up_bias = jnp.broadcast_to(up_bias, up_kernel.shape[-1:])
+      y = up_conv.up_concat_conv(x, skip, up_kernel, up_bias, conv_kernel, conv_bias)
+      return nnx.relu(self.conv.conv2(nnx.relu(y)))
     return self.conv(outputs.concat_skip(self.up(x), skip))
 
 
