@@ -51,7 +51,11 @@ class DoubleConv(nnx.Module):
     self.conv2 = layers.Conv(c_out, c_out, (3, 3), dtype=dtype, impl=impl, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return nnx.relu(self.conv2(nnx.relu(self.conv1(x))))
+    return self.after_conv1(self.conv1(x))
+
+  def after_conv1(self, y: jax.Array) -> jax.Array:
+    """The rest of the block from conv1's output (before its ReLU), for `Up`'s composed form."""
+    return nnx.relu(self.conv2(nnx.relu(y)))
 
 
 class Up(nnx.Module):
@@ -72,7 +76,7 @@ class Up(nnx.Module):
       skip, conv_kernel, conv_bias = layers.operands(conv1, skip)
       up_bias = jnp.broadcast_to(up_bias, up_kernel.shape[-1:])
       y = up_conv.up_concat_conv(x, skip, up_kernel, up_bias, conv_kernel, conv_bias)
-      return nnx.relu(self.conv.conv2(nnx.relu(y)))
+      return self.conv.after_conv1(y)
     return self.conv(outputs.concat_skip(self.up(x), skip))
 
 
