@@ -110,9 +110,11 @@ def up_concat_conv(x, skip, up_kernel, up_bias, conv_kernel, conv_bias) -> jax.A
   conv_kernel [3, 3, 2C, Cout] -> [B, 2H, 2W, Cout]; float32, `onednn.load()` first."""
   c = up_kernel.shape[-1]
   up_half, skip_half = conv_kernel[:, :, :c], conv_kernel[:, :, c:]
-  # The barriers keep XLA from running this level's work beside earlier oneDNN calls (the
-  # kernel product needs only parameters, the skip's conv only the encoder), which each use
-  # every core: in-process A/B 1.022 with them, 1.016 without.
+  # The barriers move this level's work later in XLA's schedule. They do not hold back the
+  # run: XLA:CPU's executor orders work by the buffers it reads and writes, and it starts the
+  # skip's conv as soon as the encoder's output exists (session 17's trace). In-process A/Bs,
+  # with them against without: default U-Net 0.999 (24 rounds), `cpu` preset 1.024 and 1.027
+  # (24 and 20 noisy rounds). Kept for the small preset.
   x, up_kernel, up_half = jax.lax.optimization_barrier((x, up_kernel, up_half))
   y = onednn.conv_transpose(x, composed_kernel(up_kernel, up_half), (2, 2))
   y, skip = jax.lax.optimization_barrier((y, skip))
