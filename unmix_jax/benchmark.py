@@ -95,7 +95,7 @@ class JaxStep:
     """Index batches [B, 2] (n = 1) or [n, B, 2] for the call starting at step i."""
     start = (i * self.batch) % (len(self.order) - n * self.batch + 1)
     rows = self.order[start:start + n * self.batch]
-    return parallel.shard_batch(rows if n == 1 else rows.reshape(n, self.batch, 2), self.mesh)
+    return train.call_indices(rows, n, self.batch, self.mesh)
 
   def _calls(self, n: int) -> list[int]:
     return [self.per_call] * (n // self.per_call) + [1] * (n % self.per_call)

@@ -225,6 +225,12 @@ def call_size(config, done: int, left: int) -> int:
   return k if k <= min(to_log, left) and not profiled else 1
 
 
+def call_indices(rows: np.ndarray, n: int, batch_size: int, mesh) -> jax.Array:
+  """The index pairs of one call of n steps (`call_size`), rows [n * B, 2], sharded as the call
+  takes them: [B, 2] for the single step, [n, B, 2] for the stacked one."""
+  return parallel.shard_batch(rows if n == 1 else rows.reshape(n, batch_size, 2), mesh)
+
+
 def zero_window(graphdef, config, tx, state, images, idx, key) -> dict[str, jax.Array]:
   """Zeros shaped like the train step's metrics (found by tracing it, no compute)."""
   _, parts = jax.eval_shape(_step_function(graphdef, config, tx), state, images, idx, key)
@@ -438,8 +444,7 @@ def _train_and_evaluate(config, workdir: str, ckpts: checkpoint.Checkpoints,
         while i < spe:
           n = call_size(config, epoch * spe + i, spe - i)
           rows = order[i * config.train.batch_size:(i + n) * config.train.batch_size]
-          idx = parallel.shard_batch(
-              rows if n == 1 else rows.reshape(n, config.train.batch_size, 2), mesh)
+          idx = call_indices(rows, n, config.train.batch_size, mesh)
           step = epoch * spe + i + n
           i += n
           with profiler.step(step):
