@@ -1,6 +1,6 @@
 """Autoencoder with two decoders. Default ~165k parameters (the reference study's had 161,190)."""
 
-from configs import common
+from unmix_jax.configs import common
 
 
 def get_config(preset=None):

@@ -1,6 +1,6 @@
 """U-Net. Default ~10.9M parameters (the reference study's had 10,809,638)."""
 
-from configs import common
+from unmix_jax.configs import common
 
 
 def get_config(preset=None):

@@ -5,7 +5,7 @@ over the two images). A Gaussian decoder with pixel noise sigma corresponds to
 beta = 2 * sigma**2 / 3072; the default 1e-4 is sigma ~= 0.39.
 """
 
-from configs import common
+from unmix_jax.configs import common
 
 
 def get_config(preset=None):

@@ -16,10 +16,11 @@ dataset (random uint8 images).
 """
 
 import json
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from unmix_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/unet.py", "Config file[:preset].")
 _STEPS = flags.DEFINE_integer("steps", 10, "Train steps per timed repeat.")
@@ -63,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

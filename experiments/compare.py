@@ -6,9 +6,10 @@ Writes <results_dir>/report.md, reconstructions.png and loss_curves.png; each ru
 <results_dir>/<model>-<loss>/ and is only re-evaluated when already finished.
 """
 
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from unmix_jax import cli
 
 _PRESET = flags.DEFINE_enum("preset", "cpu", ["default", "cpu", "smoke"], "Config preset.")
 _RESULTS = flags.DEFINE_string("results_dir", None, "Default: results/<preset>.")
@@ -19,7 +20,7 @@ _LOSSES = flags.DEFINE_list("losses", "pit,fixed", "Losses to compare.")
 def main(argv):
   del argv
   logging.set_verbosity(logging.ERROR)
-  from unmix_jax import cli, compare
+  from unmix_jax import compare
 
   results_dir = _RESULTS.value or f"results/{_PRESET.value}"
   with cli.one_line_errors():
@@ -29,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

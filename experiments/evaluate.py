@@ -6,9 +6,10 @@ Writes <workdir>/eval.json (means and 95% bootstrap intervals of MSE, PSNR, SSIM
 and the mixture baseline on the same pairs) and prints a table.
 """
 
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from unmix_jax import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 _WHICH = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which checkpoint to score.")
@@ -17,7 +18,7 @@ _WHICH = flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Which chec
 def main(argv):
   del argv
   logging.set_verbosity(logging.ERROR)
-  from unmix_jax import cli, evaluation
+  from unmix_jax import evaluation
 
   with cli.one_line_errors():
     result = evaluation.evaluate_run(_WORKDIR.value, _WHICH.value)
@@ -26,4 +27,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

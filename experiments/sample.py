@@ -6,9 +6,10 @@ Writes <workdir>/samples.png. A plain autoencoder or U-Net has no prior to sampl
 """
 
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from unmix_jax import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of a trained VAE.", required=True)
 _NUM = flags.DEFINE_integer("num", 32, "Number of generated pairs.")
@@ -21,16 +22,15 @@ def main(argv):
   import jax
   from flax import nnx
 
-  from unmix_jax import cli, plotting, runs
+  from unmix_jax import plotting, runs
 
   with cli.one_line_errors():
     config, graphdef, state, step = runs.restore(_WORKDIR.value, "best")
   model = nnx.merge(graphdef, state.params, state.model_state)
   if not hasattr(model, "decode"):
-    print(f"error: the run in {_WORKDIR.value} is a {config.model.name!r} model; only a VAE "
-          "(configs/vae.py) has a prior N(0, I) over its latent to sample from. A plain "
-          "autoencoder's bottleneck has no such distribution.", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(f"the run in {_WORKDIR.value} is a {config.model.name!r} model; only a VAE "
+             "(configs/vae.py) has a prior N(0, I) over its latent to sample from. A plain "
+             "autoencoder's bottleneck has no such distribution.")
   z = jax.random.normal(jax.random.PRNGKey(_SEED.value), (_NUM.value, model.latent_dim))
   y1, y2 = jax.jit(lambda z: model.decode(z))(z)
   path = os.path.join(_WORKDIR.value, "samples.png")
@@ -39,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

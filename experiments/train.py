@@ -7,10 +7,11 @@ Running the same command again with the same workdir resumes from the latest che
 """
 
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from unmix_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/unet.py:cpu", "Config file[:preset].")
 _WORKDIR = flags.DEFINE_string(
@@ -26,7 +27,7 @@ def default_workdir(config_arg: str) -> str:
 def main(argv):
   del argv
   logging.set_verbosity(logging.ERROR)  # Orbax and tfds log every file operation at INFO.
-  from unmix_jax import cli, parallel, train  # After flag parsing: keeps --help fast.
+  from unmix_jax import parallel, train  # After flag parsing: keeps --help fast.
 
   parallel.initialize()
 
@@ -43,4 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  cli.run(main)

@@ -1,6 +1,6 @@
 """Throughput of the real jitted train step: compile time, images/s, FLOPs, host overhead.
 
-The step is the one `train.make_train_step` builds (mixing, loss, gradients, optimizer), fed the
+The step is the one `steps.make_train_step` builds (mixing, loss, gradients, optimizer), fed the
 way the training loop feeds it: a slice of a shuffled pair order per step, sharded over the
 devices, metrics summed on device. Images are random uint8 arrays, so no dataset is needed; the
 step's cost does not depend on pixel values.
@@ -8,15 +8,17 @@ step's cost does not depend on pixel values.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from unmix_jax import models, parallel, train
-from unmix_jax.models import layers, onednn
+from unmix_jax import backend, host_memory, models, parallel, steps
+from unmix_jax.models import layers as layers_lib
 
 # Between JAX and PyTorch rounds: PyTorch's OpenMP workers spin for a while after each parallel
 # region and would steal the two cores from the round that follows.
@@ -50,21 +52,23 @@ class JaxStep:
   def __init__(self, config):
     self.batch = config.train.batch_size
     self.per_call = config.train.steps_per_call
-    self.conv_impl = layers.resolve(config.train.conv_impl)
-    tx = train.make_optimizer(config, total_steps=10_000)
-    graphdef, state = train.create_train_state(config, tx)
+    self.conv_impl = backend.resolve(config.train.conv_impl)
+    if jax.default_backend() == "cpu":
+      host_memory.keep_freed_memory()  # as training does
+    tx = steps.make_optimizer(config, total_steps=10_000)
+    graphdef, state = steps.create_train_state(config, tx)
     self.mesh = parallel.make_mesh()
     self.state = parallel.replicate(state, self.mesh)
     images, self.order = synthetic_batches(config)
     self.images = parallel.replicate(images, self.mesh)
     self.key = jax.random.PRNGKey(config.seed)
     sample = self._idx(0)
-    self.window = train.zero_window(graphdef, config, tx, self.state, self.images, sample,
+    self.window = steps.zero_window(graphdef, config, tx, self.state, self.images, sample,
                                     self.key)
-    step = train.make_train_step(graphdef, config, tx)
+    step = steps.make_train_step(graphdef, config, tx)
     t0 = time.perf_counter()
     self.step = step.lower(self.state, self.window, self.images, sample, self.key).compile()
-    self._stacked = train.make_train_step(graphdef, config, tx, stacked=True)
+    self._stacked = steps.make_train_step(graphdef, config, tx, stacked=True)
     self._one_call = {}  # compiled calls of n > 1 steps, by n
     if self.per_call > 1:
       self._compile_stacked(self.per_call)
@@ -78,11 +82,11 @@ class JaxStep:
       # taps a transposed-conv phase does not use): count the network's FLOPs as stock convs.
       stock = config.copy_and_resolve_references()
       stock.train.conv_impl = "xla"
-      graphdef_x, state_x = train.create_train_state(stock, tx)
-      lowered = train.make_train_step(graphdef_x, stock, tx).lower(
+      graphdef_x, state_x = steps.create_train_state(stock, tx)
+      lowered = steps.make_train_step(graphdef_x, stock, tx).lower(
           state_x, self.window, self.images, sample, self.key)
       self.model_flops = flops_of(lowered)
-    self.params = train.count_params(state.params)
+    self.params = steps.count_params(state.params)
     self._i = 0
 
   def _compile_stacked(self, n: int):
@@ -95,7 +99,7 @@ class JaxStep:
     """Index batches [B, 2] (n = 1) or [n, B, 2] for the call starting at step i."""
     start = (i * self.batch) % (len(self.order) - n * self.batch + 1)
     rows = self.order[start:start + n * self.batch]
-    return train.call_indices(rows, n, self.batch, self.mesh)
+    return parallel.shard_batch(rows if n == 1 else rows.reshape(n, self.batch, 2), self.mesh)
 
   def _calls(self, n: int) -> list[int]:
     return [self.per_call] * (n // self.per_call) + [1] * (n % self.per_call)
@@ -185,7 +189,7 @@ def measure(config, *, steps: int, repeats: int, warmup: int, other=None) -> dic
       "model": config.model.name, "preset": config.preset, "params": jstep.params,
       "batch": jstep.batch, "backend": jax.default_backend(), "devices": jstep.mesh.size,
       "conv_impl": jstep.conv_impl, "compute_dtype": config.train.compute_dtype,
-      **({"onednn_version": onednn.version()} if jstep.conv_impl == "onednn" else {}),
+      **({"onednn_version": _onednn().version()} if jstep.conv_impl == "onednn" else {}),
       "steps": steps, "steps_per_call": jstep.per_call, "repeats": repeats,
       "compile_s": round(jstep.compile_seconds, 2),
   }
@@ -222,40 +226,47 @@ def measure(config, *, steps: int, repeats: int, warmup: int, other=None) -> dic
   return out
 
 
+def _onednn():
+  from unmix_jax.cpu import onednn
+
+  return onednn
+
+
 def conv_layers(config, batch: int | None = None) -> list[tuple[str, tuple, tuple, tuple]]:
   """(kind, input shape, kernel shape, strides) of every distinct conv the config's model runs,
   at `batch` (default: the config's batch size), in the order it runs them."""
-  model = models.build(config.model, config.seed, conv_impl="xla")
   seen = []
-  originals = {cls: cls.__call__ for cls in (layers.Conv, layers.ConvTranspose)}
 
-  def recorder(cls):
-    def call(self, x):
-      entry = (cls.__name__, tuple(x.shape), tuple(self.kernel.shape), layers.layer_strides(self))
-      if entry not in seen:
-        seen.append(entry)
-      return originals[cls](self, x)
-    return call
+  def recording(cls):
+    class Recorded(cls):
+      def __call__(self, x):
+        strides = self.strides or (1, 1)
+        entry = (cls.__name__, tuple(x.shape), tuple(self.kernel.shape),
+                 (strides, strides) if isinstance(strides, int) else tuple(strides))
+        if entry not in seen:
+          seen.append(entry)
+        return super().__call__(x)
+    return Recorded
 
-  try:
-    for cls in originals:
-      cls.__call__ = recorder(cls)
-    m = jax.ShapeDtypeStruct((batch or config.train.batch_size, 32, 32, 3), jnp.float32)
-    jax.eval_shape(lambda m: model(m, train=False)[:2], m)
-  finally:
-    for cls, call in originals.items():
-      cls.__call__ = call
+  xla = layers_lib.xla()
+  model = models.build(config.model, config.seed, dataclasses.replace(
+      xla, conv=recording(nnx.Conv), conv_transpose=recording(nnx.ConvTranspose)))
+  m = jax.ShapeDtypeStruct((batch or config.train.batch_size, 32, 32, 3), jnp.float32)
+  jax.eval_shape(lambda m: model(m, train=False)[:2], m)
   return seen
 
 
 def layer_timings(config, repeats: int, torch_layer=None) -> list[dict]:
   """Forward + backward (input and kernel gradients) of each conv layer alone, stock lax conv vs
-  the formulation `conv_impl='cpu'` picks for it: median milliseconds over `repeats` calls.
-  With conv_impl='onednn', oneDNN's form too (`onednn_ms`; `onednn_used`: whether the layer
-  runs it). `torch_layer(kind, x_shape, kernel_shape, strides)` (the PyTorch reference's
+  the matrix-product form `conv_impl='cpu'` picks for it: median milliseconds over `repeats`
+  calls. With conv_impl='onednn', oneDNN's form too (`onednn_ms`; `onednn_used`: whether the
+  layer runs it). `torch_layer(kind, x_shape, kernel_shape, strides)` (the PyTorch reference's
   `layer_step`) adds the same layer in PyTorch; the forms' calls alternate so all see the same
   machine."""
-  with_onednn = layers.resolve(config.train.conv_impl) == "onednn"
+  from unmix_jax.cpu import forms
+
+  with_onednn = backend.resolve(config.train.conv_impl) == "onednn"
+  onednn = _onednn() if with_onednn else None
   rows = []
   for kind, x_shape, k_shape, strides in conv_layers(config):
     x = jax.random.normal(jax.random.PRNGKey(0), x_shape)
@@ -263,18 +274,18 @@ def layer_timings(config, repeats: int, torch_layer=None) -> list[dict]:
     transposed = kind == "ConvTranspose"
     if transposed:
       plan = "phase-matmul"
-      forms = {"xla": lambda x, w: jax.lax.conv_transpose(
-                   x, w, strides, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")),
-               plan: lambda x, w: layers.conv_transpose2d(x, w, strides)}
+      candidates = {"xla": lambda x, w: jax.lax.conv_transpose(
+                    x, w, strides, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")),
+                plan: lambda x, w: forms.conv_transpose2d(x, w, strides)}
     else:
-      plan = layers.conv_plan(x_shape, k_shape, strides)
-      forms = {name: (lambda x, w, name=name: layers.conv2d(x, w, strides, name))
-               for name in {"xla", plan}}
+      plan = forms.conv_plan(x_shape, k_shape, strides)
+      candidates = {name: (lambda x, w, name=name: forms.conv2d(x, w, strides, name))
+                for name in {"xla", plan}}
     if with_onednn:
       onednn_form = onednn.conv_transpose if transposed else onednn.conv
-      forms["onednn"] = lambda x, w, f=onednn_form: f(x, w, strides)
+      candidates["onednn"] = lambda x, w, f=onednn_form: f(x, w, strides)
     calls = {}
-    for name, f in forms.items():
+    for name, f in candidates.items():
       grad = jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), argnums=(0, 1)))
       calls[name] = lambda grad=grad: jax.block_until_ready(grad(x, kernel))
     if torch_layer is not None:

@@ -11,6 +11,7 @@ import contextlib
 import gc
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -19,8 +20,11 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from unmix_jax.workdir import DiskFullError, disk_writes
 
-_CLOSED_LOOP_NOISE = ("Traceback (most recent call last):", "asyncio/base_events.py",
+
+_NOISE = ("Traceback (most recent call last):", "During handling of the above exception",
+          "The above exception was the direct cause", "asyncio/base_events.py",
                       "self._check_closed()", "Event loop is closed")
 
 
@@ -31,21 +35,23 @@ def _drop_unretrieved_futures(record) -> bool:
 
 
 @contextlib.contextmanager
-def _without_closed_loop_noise():
-  """When a restore fails, TensorStore's pending callbacks still fire into Orbax's closed event
-  loop and print dozens of 'RuntimeError: Event loop is closed' tracebacks straight to the stderr
-  file descriptor, burying the one line about the damaged checkpoint. Capture fd 2 meanwhile and
-  pass on every other line."""
+def _quiet_stderr():
+  """When an Orbax read or write fails, TensorStore's pending callbacks still fire into Orbax's
+  closed event loop and print dozens of tracebacks straight to the stderr file descriptor,
+  burying the one line about the failure. Capture fd 2 meanwhile; on success pass it all on, on
+  failure only the lines that are not that noise."""
   sys.stderr.flush()
   saved = os.dup(2)
+  failed = False
   with tempfile.TemporaryFile() as captured:
     os.dup2(captured.fileno(), 2)
     try:
       yield
     except Exception:
+      failed = True
       time.sleep(1.0)  # the callbacks fire shortly after the failure: let them land here
       logging.getLogger("asyncio").addFilter(_drop_unretrieved_futures)
-      gc.collect()  # the failed reads' other futures report now, not after our error line
+      gc.collect()  # the failed calls' other futures report now, not after our error line
       raise
     finally:
       sys.stderr.flush()
@@ -53,8 +59,27 @@ def _without_closed_loop_noise():
       os.close(saved)
       captured.seek(0)
       lines = captured.read().decode(errors="replace").splitlines(keepends=True)
-      kept = [l for l in lines if not any(n in l for n in _CLOSED_LOOP_NOISE) and l.strip()]
-      sys.stderr.write("".join(kept))
+      if failed:
+        lines = _without_tracebacks(lines)
+      sys.stderr.write("".join(lines))
+
+
+def _without_tracebacks(lines: list[str]) -> list[str]:
+  """Drops every traceback block (its header, indented frames and final exception line) and the
+  asyncio noise around them."""
+  kept, in_traceback = [], False
+  for line in lines:
+    if line.startswith("Traceback (most recent call last):"):
+      in_traceback = True
+      continue
+    if in_traceback:
+      if line.startswith((" ", "\t")) or not line.strip():
+        continue
+      in_traceback = False  # the exception's own line ends the block
+      continue
+    if line.strip() and not any(n in line for n in _NOISE):
+      kept.append(line)
+  return kept
 
 
 class CheckpointError(RuntimeError):
@@ -102,15 +127,29 @@ class Checkpoints:
     return min(scored)[2] if scored else None
 
   def save(self, step: int, state, meta: dict, val_loss: float | None) -> None:
-    """Writes step `step`; `val_loss` (None mid-epoch) ranks it for keeping and joins its meta."""
+    """Writes step `step`; `val_loss` (None mid-epoch) ranks it for keeping and joins its meta.
+    On a full disk: workdir.DiskFullError, with what was written of this step removed."""
     meta = dict(meta, val_loss=None if val_loss is None else float(val_loss))
-    self._manager.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        metrics=None if val_loss is None else {"val_loss": float(val_loss)},
-        force=True,
-    )
-    self._manager.wait_until_finished()
+    try:
+      with _quiet_stderr(), disk_writes(os.path.join(self.directory, str(step))):
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                    meta=ocp.args.JsonSave(meta)),
+            metrics=None if val_loss is None else {"val_loss": float(val_loss)},
+            force=True,
+        )
+        self._manager.wait_until_finished()
+    except DiskFullError:
+      self._remove_unfinished()
+      raise
+
+  def _remove_unfinished(self) -> None:
+    """Deletes the temporary directories of saves that never completed (Orbax renames a step's
+    directory into place only once it is whole), to give back their space."""
+    for name in os.listdir(self.directory):
+      if ".orbax-checkpoint-tmp" in name:
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
   def read_meta(self, step: int) -> dict:
     return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -179,7 +218,7 @@ class Checkpoints:
               f"checkpoint step {step} in {self.directory} belongs to another model "
               f"({saved.get('name')} {saved}); use a new --workdir or that model's config.")
       try:
-        with _without_closed_loop_noise():
+        with _quiet_stderr():
           state, meta = self.restore(step, like)
       except Exception as e:  # Orbax raises many types for damaged files.
         failures.append((step, _describe(e)))

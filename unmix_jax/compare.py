@@ -7,7 +7,6 @@ every time.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import platform
@@ -15,7 +14,7 @@ import platform
 import jax
 import jax.numpy as jnp
 
-from unmix_jax import config_checks, data, evaluation, logs, metrics, plotting, runs, train
+from unmix_jax import configs, config_checks, data, evaluation, logs, metrics, plotting, runs, steps, train
 
 MODELS = ("unet", "ae", "vae")
 LOSSES = ("pit", "fixed")
@@ -23,7 +22,7 @@ NUM_PICTURES = 6
 
 
 def run_config(model: str, loss: str, preset: str):
-  config = importlib.import_module(f"configs.{model}").get_config(preset)
+  config = configs.get_config(model, preset)
   config.loss = loss
   return config
 
@@ -46,7 +45,7 @@ def finished(workdir: str, config) -> bool:
     return False
   with open(path) as f:
     summary = json.load(f)
-  return summary["step"] >= train.steps_per_epoch(config) * config.train.epochs
+  return summary["step"] >= steps.steps_per_epoch(config) * config.train.epochs
 
 
 def check_preset(results_dir: str, preset: str) -> None:
@@ -94,7 +93,7 @@ def _pictures(results_dir: str, rows: list[dict]) -> None:
       pair_data = data.load(config)
       m, x1, x2 = data.mix_batch(jnp.asarray(pair_data.test_images),
                                  pair_data.test_pairs[:NUM_PICTURES])
-    x1_hat, x2_hat = train.make_predict(graphdef)(state.params, state.model_state, m)
+    x1_hat, x2_hat = steps.make_predict(graphdef)(state.params, state.model_state, m)
     x1_hat, x2_hat = metrics.best_assignment(x1_hat, x2_hat, x1, x2)
     outputs.append((f"{row['model']}/{row['loss']}", x1_hat, x2_hat))
   plotting.compare_reconstructions(os.path.join(results_dir, "reconstructions.png"), m, x1, x2,

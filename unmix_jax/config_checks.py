@@ -10,8 +10,7 @@ import os
 
 import jax
 
-from unmix_jax import data, losses, models
-from unmix_jax.models import layers
+from unmix_jax import backend, data, losses, models
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -58,10 +57,10 @@ def validate(config) -> None:
   _require(t.compute_dtype in COMPUTE_DTYPES,
            f"config.train.compute_dtype={t.compute_dtype!r} must be one of "
            f"{', '.join(COMPUTE_DTYPES)}.")
-  _require(t.conv_impl in layers.IMPLS,
-           f"config.train.conv_impl={t.conv_impl!r} must be one of {', '.join(layers.IMPLS)}.")
+  _require(t.conv_impl in backend.IMPLS,
+           f"config.train.conv_impl={t.conv_impl!r} must be one of {', '.join(backend.IMPLS)}.")
   try:
-    layers.resolve(t.conv_impl)  # 'onednn' builds its library here, before any run starts
+    backend.resolve(t.conv_impl)  # 'onednn' builds its library here, before any run starts
   except ValueError as e:
     raise ConfigError(str(e)) from None
   _require(config.profile.num_steps >= 1,

@@ -11,13 +11,46 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import numpy as np
 
-from unmix_jax import data, runs, train
+from unmix_jax import data, parallel, runs, steps
 
 NUM_BOOTSTRAP = 1000
 METRICS = ("mse", "psnr", "ssim")
 SPLITS = {"test": "unseen images", "val": "seen images"}
+
+
+def score_pairs(eval_step, state, images, pairs: np.ndarray, batch_size: int,
+                mesh=None) -> dict[str, np.ndarray]:
+  """Per-pair metrics (`steps.make_eval_step`) over a whole pair set [P, 2], [P] each.
+
+  The last batch is padded by repeating pairs so every batch has one shape (one compilation);
+  the padding is dropped before anything is averaged. With a `mesh` each batch is split over
+  its devices (the batch size rounded up to a multiple of their number).
+  """
+  n = len(pairs)
+  batch_size = min(batch_size, n)
+  if mesh is not None:
+    batch_size = -(-batch_size // mesh.size) * mesh.size
+  chunks = []
+  for start in range(0, n, batch_size):
+    idx = pairs[start:start + batch_size]
+    pad = batch_size - len(idx)
+    if pad:
+      idx = np.concatenate([idx, np.resize(pairs, (pad, 2))])
+    if mesh is not None:
+      idx = parallel.shard_batch(idx, mesh)
+    chunks.append(eval_step(state.params, state.model_state, images, idx))
+  per_pair = jax.device_get(chunks)
+  return {k: np.concatenate([c[k] for c in per_pair])[:n] for k in per_pair[0]}
+
+
+def summarize(per_pair: dict[str, np.ndarray]) -> dict[str, float]:
+  """Means over pairs; psnr_gain = model PSNR minus baseline PSNR on the same pairs."""
+  out = {k: float(np.mean(v)) for k, v in per_pair.items()}
+  out["psnr_gain"] = out["psnr"] - out["baseline_psnr"]
+  return out
 
 
 def bootstrap_ci(values: np.ndarray, num: int = NUM_BOOTSTRAP, seed: int = 0,
@@ -49,16 +82,16 @@ def evaluate_run(workdir: str, which: str = "best") -> dict:
   `workdir/eval.json` and returns its content."""
   config, graphdef, state, step = runs.restore(workdir, which)
   pair_data = data.load(config)
-  eval_step = train.make_eval_step(graphdef, config)
+  eval_step = steps.make_eval_step(graphdef, config)
   sets = {"test": (pair_data.test_images, pair_data.test_pairs),
           "val": (pair_data.train_images, pair_data.val_pairs)}
   result = {"workdir": os.path.abspath(workdir), "model": config.model.name, "loss": config.loss,
             "preset": config.preset, "checkpoint_step": step,
-            "params": train.count_params(state.params),
+            "params": steps.count_params(state.params),
             "intervals": f"95% percentile bootstrap over pairs, {NUM_BOOTSTRAP} resamples",
             "psnr": "per image, averaged over images and pairs; outputs clipped to [0, 1]"}
   for split, (images, pairs) in sets.items():
-    per_pair = train.evaluate(eval_step, state, images, pairs, config.train.eval_batch_size)
+    per_pair = score_pairs(eval_step, state, images, pairs, config.train.eval_batch_size)
     result[split] = describe(per_pair)
   with open(os.path.join(workdir, "eval.json"), "w") as f:
     json.dump(result, f, indent=2)

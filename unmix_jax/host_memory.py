@@ -1,12 +1,11 @@
-"""How the process's C allocator treats the CPU backend's step buffers.
+"""How the process's C allocator treats XLA:CPU's step buffers.
 
-XLA:CPU allocates every step's temporaries anew (tens of MB; ~88 MB for the AE at batch 64).
-With glibc's defaults, blocks that large are mmap-ed, or come from per-thread arenas that mmap
-them, and go back to the kernel when freed, so each step touches fresh pages: measured on the
-2-core machine, ~21,500 page faults and ~37 ms of kernel time per 72 ms AE step (README,
-Performance). `keep_freed_memory()` makes glibc serve them from one heap and keep what is
-freed, so later steps reuse warm pages: 0 page faults per step and the AE step ~12 ms faster.
-The cost is that the process holds on to its peak heap size until it exits.
+XLA:CPU allocates every step's temporaries anew (tens of MB). With glibc's defaults, blocks that
+large are mmap-ed, or come from per-thread arenas that mmap them, and go back to the kernel when
+freed, so each step touches fresh pages and pays their page faults. `keep_freed_memory()` makes
+glibc serve them from one heap and keep what is freed, so later steps reuse warm pages. The cost
+is that the process holds on to its peak heap size until it exits. Training and the benchmark
+call it when they run on the CPU (docs/performance.md has the measurements).
 """
 
 from __future__ import annotations

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 
-from unmix_jax import checkpoint, train
+from unmix_jax import checkpoint, configs, steps
 
 
 class RunError(RuntimeError):
@@ -22,8 +21,7 @@ def load_config(workdir: str):
     saved = json.load(f)
   # Start from the current defaults of that model and preset, so a run saved before a field
   # existed still opens (the new field takes its default).
-  config = importlib.import_module(f"configs.{saved['model']['name']}").get_config(
-      saved.get("preset"))
+  config = configs.get_config(saved["model"]["name"], saved.get("preset"))
   config.update(saved)
   return config
 
@@ -34,8 +32,8 @@ def restore(workdir: str, which: str = "best"):
   which: "best" (lowest val loss among kept checkpoints) or "latest".
   """
   config = load_config(workdir)
-  tx = train.make_optimizer(config, train.steps_per_epoch(config) * config.train.epochs)
-  graphdef, state = train.create_train_state(config, tx)
+  tx = steps.make_optimizer(config, steps.steps_per_epoch(config) * config.train.epochs)
+  graphdef, state = steps.create_train_state(config, tx)
   ckpts = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints)
   try:
     if not ckpts.steps():

@@ -1,15 +1,17 @@
 """The model registry: the only place that knows the architecture names.
 
-Every model module exports `Model(model_cfg, *, rngs)`, called as
+Every model module exports `Model(model_cfg, *, layers, rngs)`, called as
 `model(m, *, train, key=None) -> (x1_hat, x2_hat, aux)` with `m` the mixture [B, 32, 32, 3] in
 [0, 1] (outputs float32 whatever the compute dtype), and `validate(model_cfg)`, which raises
-ValueError naming a bad field.
+ValueError naming a bad field. `layers` (see `layers.py`) decides how its layers are computed.
 """
 
 from __future__ import annotations
 
 import importlib
 import types
+
+from unmix_jax.models import layers as layers_lib
 
 _MODULES = {
     "unet": "unmix_jax.models.unet",
@@ -27,12 +29,11 @@ def get(name: str) -> types.ModuleType:
   return importlib.import_module(_MODULES[name])
 
 
-def build(model_cfg, seed: int, dtype=None, conv_impl: str = "auto"):
-  """Validates `model_cfg` and builds its model with float32 parameters initialised from `seed`;
-  `dtype` (e.g. jnp.bfloat16) is the compute dtype of its layers, float32 when None;
-  `conv_impl` picks how convs are computed (see `layers`), never what parameters they have."""
+def build(model_cfg, seed: int, layers: layers_lib.Layers | None = None):
+  """Validates `model_cfg` and builds its model with float32 parameters initialised from `seed`,
+  from `layers` (default: Flax's, float32)."""
   from flax import nnx
 
   module = get(model_cfg.name)
   module.validate(model_cfg)
-  return module.Model(model_cfg, rngs=nnx.Rngs(params=seed), dtype=dtype, impl=conv_impl)
+  return module.Model(model_cfg, layers=layers or layers_lib.xla(), rngs=nnx.Rngs(params=seed))

@@ -20,10 +20,10 @@ def validate(model_cfg) -> None:
 class Model(nnx.Module):
   """m [B, 32, 32, 3] in [0, 1] -> (x1_hat, x2_hat) [B, 32, 32, 3], aux = {}."""
 
-  def __init__(self, model_cfg, *, rngs: nnx.Rngs, dtype=None, impl: str = "auto"):
+  def __init__(self, model_cfg, *, layers, rngs: nnx.Rngs):
     enc, dec = [int(w) for w in model_cfg.encoder_widths], [int(w) for w in model_cfg.decoder_widths]
     self.mixture_consistent = bool(model_cfg.mixture_consistent)
-    kw = dict(batch_norm=True, rngs=rngs, dtype=dtype, impl=impl)
+    kw = dict(batch_norm=True, layers=layers, rngs=rngs)
     self.encoder = conv_stacks.Encoder(enc, **kw)
     self.decoder1 = conv_stacks.Decoder(enc[-1], dec, 3, **kw)
     self.decoder2 = conv_stacks.Decoder(enc[-1], dec, 3, **kw)

@@ -9,36 +9,28 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from unmix_jax.models import batchnorm, layers
-
 
 class Stage(nnx.Module):
-  """3x3 stride-2 (transposed) conv, optional BatchNorm, ReLU."""
+  """3x3 stride-2 conv (transposed when `up`), optional BatchNorm, ReLU:
+  [B, H, W, c_in] -> [B, H / 2, W / 2, c_out], or [B, 2H, 2W, c_out] when `up`."""
 
-  def __init__(self, c_in: int, c_out: int, *, up: bool, batch_norm: bool, rngs: nnx.Rngs,
-               dtype=None, impl: str = "auto"):
-    conv = layers.ConvTranspose if up else layers.Conv
-    self.conv = conv(c_in, c_out, (3, 3), strides=(2, 2), dtype=dtype, impl=impl, rngs=rngs)
-    self.norm = (nnx.BatchNorm(c_out, momentum=0.9, dtype=dtype, rngs=rngs)
-                 if batch_norm else None)
+  def __init__(self, c_in: int, c_out: int, *, up: bool, batch_norm: bool, layers,
+               rngs: nnx.Rngs):
+    conv = layers.conv_transpose if up else layers.conv
+    self.conv = conv(c_in, c_out, (3, 3), strides=(2, 2), rngs=rngs)
+    self.norm = layers.batch_norm_relu(c_out, momentum=0.9, rngs=rngs) if batch_norm else None
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    if self.norm is None:
-      return nnx.relu(self.conv(x))
-    if self.conv.impl == "xla":  # GPUs keep flax's; the CPU impls fuse them (batchnorm.py)
-      return nnx.relu(self.norm(self.conv(x), use_running_average=not train))
-    y, bias = self.conv.unbiased(x)
-    return batchnorm.batch_norm_relu(self.norm, y, bias, train=train, impl=self.conv.impl)
+    x = self.conv(x)
+    return nnx.relu(x) if self.norm is None else self.norm(x, train=train)
 
 
 class Encoder(nnx.Module):
   """[B, 32, 32, 3] -> [B, 32 / 2**L, 32 / 2**L, widths[-1]] with L = len(widths)."""
 
-  def __init__(self, widths, *, batch_norm: bool, rngs: nnx.Rngs, dtype=None,
-               impl: str = "auto"):
+  def __init__(self, widths, *, batch_norm: bool, layers, rngs: nnx.Rngs):
     ins = [3] + list(widths[:-1])
-    self.stages = nnx.List([Stage(i, o, up=False, batch_norm=batch_norm, rngs=rngs, dtype=dtype,
-                                  impl=impl)
+    self.stages = nnx.List([Stage(i, o, up=False, batch_norm=batch_norm, layers=layers, rngs=rngs)
                             for i, o in zip(ins, widths)])
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -51,13 +43,12 @@ class Decoder(nnx.Module):
   """[B, s, s, c_in] -> [B, s * 2**L, s * 2**L, out_channels] with L = len(widths); the last
   layer is a linear 3x3 conv so outputs are not squashed (evaluation clips to [0, 1])."""
 
-  def __init__(self, c_in: int, widths, out_channels: int, *, batch_norm: bool,
-               rngs: nnx.Rngs, dtype=None, impl: str = "auto"):
+  def __init__(self, c_in: int, widths, out_channels: int, *, batch_norm: bool, layers,
+               rngs: nnx.Rngs):
     ins = [c_in] + list(widths[:-1])
-    self.stages = nnx.List([Stage(i, o, up=True, batch_norm=batch_norm, rngs=rngs, dtype=dtype,
-                                  impl=impl)
+    self.stages = nnx.List([Stage(i, o, up=True, batch_norm=batch_norm, layers=layers, rngs=rngs)
                             for i, o in zip(ins, widths)])
-    self.out = layers.Conv(widths[-1], out_channels, (3, 3), dtype=dtype, impl=impl, rngs=rngs)
+    self.out = layers.conv(widths[-1], out_channels, (3, 3), rngs=rngs)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     for stage in self.stages:

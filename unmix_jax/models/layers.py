@@ -1,290 +1,64 @@
-"""Convolution layers with a second formulation that XLA:CPU runs well.
+"""The layers a model is built from: the one seam between an architecture and a backend.
 
-`Conv` and `ConvTranspose` subclass `nnx.Conv` / `nnx.ConvTranspose` and only change how the
-output is computed, so parameter names, shapes and initialisation are identical: a checkpoint
-written with one formulation restores into the other.
-
-`impl`:
-  "xla"   `lax.conv_general_dilated` / `lax.conv_transpose` (right for GPU/TPU and cuDNN).
-  "cpu"   a formulation per layer shape (`conv_plan`): XLA:CPU's stock conv emitter is slow for
-          weight gradients, for the lhs-dilated convolutions that strided and transposed convs
-          become in the backward pass, and for many channels at tiny resolutions, while dots go
-          to a tuned GEMM.
-  "onednn" "cpu", except the layers where oneDNN's direct convolution is faster (strided and
-          transposed 3x3 convs, every conv at >= 4x4; `onednn.handles`), which run it
-          through FFI custom calls (`onednn.py`; needs g++ and oneDNN 3.x, built on first use).
-  "auto"  "onednn" on one CPU device where it builds, else "cpu" (also on several simulated
-          CPU devices); "xla" on other backends (resolved when the layer is built).
-
-The matrix-product forms (NHWC, 'SAME' padding as lax defines it, no dilation or groups):
-  im2col       gather the kh*kw shifted (and strided) views of the padded input along channels
-               -> [B*Ho*Wo, kh*kw*Cin] @ kernel.reshape(kh*kw*Cin, Cout).
-  taps         sum over taps of view_t @ kernel[t]: no im2col copy, K = Cin per product.
-  valid_taps   taps (stride 1), each product restricted to the outputs whose input it reads, so
-               none multiplies the zero padding: the form for tiny resolutions.
-  transposed   stride s splits the output into s*s phases; each phase is an ordinary conv of
-               the input with a subset of the kernel's taps at small offsets. One product of the
-               input's im2col over those offsets with a [n*n*Cin, s*s*Cout] weight built from the
-               kernel (zeros where a tap does not reach a phase), then depth-to-space. For the
-               U-Net's 2x2 stride-2 up-sampling the offsets are {0}: a plain matmul.
+A model file says which layers it has (`layers.conv(c_in, c_out, (3, 3), rngs=rngs)`), never how
+they are computed, as the Flax ImageNet ResNet takes its `conv`. `xla(dtype)` gives Flax's own
+layers (right on GPU/TPU); the CPU backend (`unmix_jax.cpu.layers`) gives layers with the same
+parameters computed another way, so a checkpoint moves between them. `unmix_jax.backend.layers`
+picks one from `config.train.conv_impl`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from unmix_jax.models import onednn, padding
 
-IMPLS = ("auto", "xla", "cpu", "onednn")
+class BatchNormReLU(nnx.BatchNorm):
+  """relu(BatchNorm(x)) over the last axis: batch statistics in training (updating the running
+  averages), the running averages otherwise. [..., C] -> [..., C], >= 0."""
 
-
-def resolve(impl: str) -> str:
-  """'auto' -> the formulation for the default backend."""
-  if impl not in IMPLS:
-    raise ValueError(f"config.train.conv_impl={impl!r} is not known; choose one of "
-                     f"{', '.join(IMPLS)}.")
-  if impl == "auto":
-    if jax.default_backend() != "cpu":
-      return "xla"
-    return "cpu" if jax.device_count() > 1 or onednn.unavailable() else "onednn"
-  if impl == "onednn":
-    if jax.default_backend() != "cpu":
-      raise ValueError("config.train.conv_impl='onednn' runs on the CPU backend only; use 'auto'.")
-    if jax.device_count() > 1:
-      # XLA's partitioner cannot split the custom calls over a batch-sharded mesh.
-      raise ValueError(f"config.train.conv_impl='onednn' runs on one CPU device, not "
-                       f"{jax.device_count()}; use 'cpu' or 'auto'.")
-    onednn.load()
-  return impl
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    return nnx.relu(super().__call__(x, use_running_average=not train))
 
 
-def _patches(x: jax.Array, offsets_h, offsets_w, stride: tuple[int, int],
-             out_hw: tuple[int, int]) -> jax.Array:
-  """[B, H, W, C] (already padded) -> [B, Ho, Wo, len(oh) * len(ow) * C]: the view starting at
-  each (offset_h, offset_w), strided, concatenated along channels in (h, w, c) order."""
-  b, _, _, c = x.shape
-  (sh, sw), (ho, wo) = stride, out_hw
-  views = [jax.lax.slice(x, (0, i, j, 0), (b, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
-                         (1, sh, sw, 1))
-           for i in offsets_h for j in offsets_w]
-  return views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """[B, H, W, C] -> [B, H/2, W/2, C], the maximum of each 2x2 window."""
+  b, h, w, c = x.shape
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
-def conv_plan(x_shape, kernel_shape, strides: tuple[int, int]) -> str:
-  """Which formulation of a 'SAME' conv of input [B, H, W, Cin] with kernel [kh, kw, Cin, Cout]
-  is fastest on XLA:CPU (forward and backward together), from per-layer timings on a 2-core AVX-512
-  machine (README, Performance):
-    "im2col"      strided convs and 1x1 convs, where the stock conv emitter is up to 23x slower;
-                  convs of the RGB input (Cin <= 4), where the 9x copy is small and the stock
-                  emitter's weight gradient 2-3x slower;
-    "valid_taps"  3x3 convs at 8x8 and below, where a large share of im2col's products multiply
-                  the zero padding (5/9 at 2x2): 1.7-1.9x faster than im2col at 2x2, 1.1-1.4x at
-                  4x4, up to 1.3x faster than stock at 8x8;
-    "taps"        3x3 convs at >= 16x16 with >= 38 channels: one matmul per kernel tap, summed,
-                  which avoids im2col's 9x copy (1.3-1.5x faster than stock, 9-26% than im2col);
-    "xla"         the rest (few channels at >= 16x16): the stock conv wins there."""
-  _, h, w, _ = x_shape
-  kh, kw, cin, cout = kernel_shape
-  strides = tuple(strides)
-  if (kh, kw) == (1, 1) or strides != (1, 1) or cin <= 4:
-    return "im2col"  # for a 1x1 stride-1 conv, a plain matmul
-  if h * w <= 64:
-    return "valid_taps"
-  if min(h, w) >= 16 and min(cin, cout) >= 38:
-    return "taps"
-  return "xla"
+def up_concat_conv(up: nnx.Module, conv: nnx.Module, x: jax.Array, skip: jax.Array) -> jax.Array:
+  """`conv` of the up-sampled input beside the skip: conv(concat([up(x), skip], channels))."""
+  return conv(jnp.concatenate([up(x), skip], axis=-1))
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
-           plan: str = "im2col") -> jax.Array:
-  """'SAME' conv. x [B, H, W, Cin], kernel [kh, kw, Cin, Cout] -> [B, ceil(H / sh),
-  ceil(W / sw), Cout]; `plan` is a formulation from `conv_plan`, all give the same result."""
-  b, h, w, _ = x.shape
-  kh, kw, cin, cout = kernel.shape
-  (sh, sw) = strides
-  if plan == "xla":
-    return jax.lax.conv_general_dilated(x, kernel, strides, "SAME",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  ph, pw = padding.same(h, kh, sh), padding.same(w, kw, sw)
-  ho, wo = -(-h // sh), -(-w // sw)
-  if kh == kw == 1 and sh == sw == 1:
-    return (x.reshape(b * h * w, cin) @ kernel.reshape(cin, cout)).reshape(b, h, w, cout)
-  if plan == "valid_taps":
-    if (sh, sw) != (1, 1):
-      raise ValueError(f"the 'valid_taps' plan is for stride-1 convs, not strides {strides}.")
-    return _valid_taps(x, kernel, ph[0], pw[0])
-  xp = jnp.pad(x, ((0, 0), ph, pw, (0, 0)))
-  if plan == "taps":
-    taps = _kernel_taps(kernel)
-    y = None
-    for i in range(kh):
-      for j in range(kw):
-        view = _patches(xp, [i], [j], strides, (ho, wo)).reshape(b * ho * wo, cin)
-        term = view @ taps[i * kw + j]
-        y = term if y is None else y + term
-    return y.reshape(b, ho, wo, cout)
-  cols = _patches(xp, range(kh), range(kw), strides, (ho, wo))
-  return (cols.reshape(b * ho * wo, kh * kw * cin) @ kernel.reshape(kh * kw * cin, cout)
-          ).reshape(b, ho, wo, cout)
+@dataclasses.dataclass(frozen=True)
+class Layers:
+  """Factories with the signatures of Flax's `nnx.Conv`, `nnx.ConvTranspose`, `BatchNormReLU`,
+  `nnx.GroupNorm` and `nnx.Linear`, each building a module with that layer's parameters; and two
+  functions without parameters: `max_pool` (2x2) and `up_concat_conv`, how a U-Net decoder's
+  first conv reads its up-sampled input and skip (a backend may compute the two layers as one)."""
+
+  conv: Callable[..., nnx.Module]
+  conv_transpose: Callable[..., nnx.Module]
+  batch_norm_relu: Callable[..., nnx.Module]
+  group_norm: Callable[..., nnx.Module]
+  linear: Callable[..., nnx.Module]
+  max_pool: Callable[[jax.Array], jax.Array] = max_pool_2x2
+  up_concat_conv: Callable[..., jax.Array] = up_concat_conv
 
 
-def _kernel_taps(kernel: jax.Array) -> list[jax.Array]:
-  """[kh, kw, Cin, Cout] -> kh * kw taps [Cin, Cout] in (i, j) order. A split, not kh * kw
-  index slices: the gradient of a split is one concatenate, that of slices kh * kw zero-padded
-  kernels summed in a pass that tests every element against every tap (U-Net CPU step ~1%
-  faster, in-process A/B)."""
-  kh, kw, cin, cout = kernel.shape
-  return [t[0] for t in jnp.split(kernel.reshape(kh * kw, cin, cout), kh * kw)]
-
-
-def _valid_taps(x: jax.Array, kernel: jax.Array, pad_top: int, pad_left: int) -> jax.Array:
-  """Stride-1 conv as `taps`, but each tap multiplies only the output rows and columns where it
-  reads the input, not the zero padding: at 2x2 a 3x3 kernel reaches 16 of the 36 (position,
-  tap) pairs that im2col multiplies, at 4x4 100 of 144. The products are zero-padded to the
-  output and summed (one fused pass)."""
-  b, h, w, cin = x.shape
-  kh, kw, _, cout = kernel.shape
-  taps = _kernel_taps(kernel)
-  y = None
-  for i in range(kh):
-    top, bottom = max(0, pad_top - i), min(h, h + pad_top - i)
-    for j in range(kw):
-      left, right = max(0, pad_left - j), min(w, w + pad_left - j)
-      if top >= bottom or left >= right:
-        continue  # this tap only ever reads padding
-      view = x[:, top + i - pad_top:bottom + i - pad_top, left + j - pad_left:right + j - pad_left]
-      term = (view.reshape(-1, cin) @ taps[i * kw + j]).reshape(b, bottom - top, right - left,
-                                                                 cout)
-      term = jnp.pad(term, ((0, 0), (top, h - bottom), (left, w - right), (0, 0)))
-      y = term if y is None else y + term
-  return y  # never None: with 'SAME' padding the tap at (pad_top, pad_left) reads every output
-
-
-@functools.lru_cache(maxsize=None)
-def phase_taps(k: int, s: int) -> tuple[int, tuple[tuple[int | None, ...], ...]]:
-  """For lax.conv_transpose(padding='SAME', transpose_kernel=False) along one axis: output
-  o = s*i + a reads input i + d through kernel tap t when (a + t - pad) = s*d; t is unique
-  for each (d, a). Returns (d_min, taps) with taps[d - d_min][a] = t, or None where no tap
-  links offset d to phase a."""
-  pad, _ = padding.transposed(k, s)
-  triples = [(a, t, (a + t - pad) // s) for a in range(s) for t in range(k)
-             if (a + t - pad) % s == 0]
-  ds = [d for _, _, d in triples]
-  d_min, n = min(ds), max(ds) - min(ds) + 1
-  taps = [[None] * s for _ in range(n)]
-  for a, t, d in triples:
-    taps[d - d_min][a] = t
-  return d_min, tuple(tuple(row) for row in taps)
-
-
-def conv_transpose2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]) -> jax.Array:
-  """'SAME' transposed conv (lax semantics, kernel not flipped) as one matmul + depth-to-space.
-  x [B, H, W, Cin], kernel [kh, kw, Cin, Cout] -> [B, H * sh, W * sw, Cout]."""
-  b, h, w, _ = x.shape
-  kh, kw, cin, cout = kernel.shape
-  sh, sw = strides
-  dh, taps_h = phase_taps(kh, sh)
-  dw, taps_w = phase_taps(kw, sw)
-  nh, nw = len(taps_h), len(taps_w)
-  # [nh * nw, Cin, sh * sw, Cout]: the weight of input offset (p, q) for output phase (a, b),
-  # stacked from the kernel's taps (an einsum with 0/1 selection matrices cost a dense product
-  # per step: ~3% of the U-Net's).
-  zero = jnp.zeros((cin, cout), kernel.dtype)
-
-  def tap(p, a, q, c):
-    t, u = taps_h[p][a], taps_w[q][c]
-    return zero if t is None or u is None else kernel[t, u]
-
-  weight = jnp.stack([jnp.stack([tap(p, a, q, c) for a in range(sh) for c in range(sw)], axis=1)
-                      for p in range(nh) for q in range(nw)])
-  pad_h = (max(-dh, 0), max(dh + nh - 1, 0))
-  pad_w = (max(-dw, 0), max(dw + nw - 1, 0))
-  if nh == nw == 1 and dh == dw == 0:
-    cols = x
-  else:
-    xp = jnp.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
-    cols = _patches(xp, [dh + pad_h[0] + p for p in range(nh)],
-                    [dw + pad_w[0] + q for q in range(nw)], (1, 1), (h, w))
-  y = cols.reshape(b * h * w, nh * nw * cin) @ weight.reshape(nh * nw * cin, sh * sw * cout)
-  y = y.reshape(b, h, w, sh, sw, cout).transpose(0, 1, 3, 2, 4, 5)
-  return y.reshape(b, h * sh, w * sw, cout)
-
-
-def _check_supported(layer, kind: str) -> None:
-  """The forms here (and oneDNN's calls) implement only what the models use."""
-  if (layer.padding != "SAME" or layer.kernel_dilation not in (1, (1, 1), None)
-      or getattr(layer, "feature_group_count", 1) != 1 or layer.mask is not None
-      or len(layer.kernel_size) != 2 or len(layer_strides(layer)) != 2):
-    raise ValueError(f"conv_impl={layer.impl!r} {kind}s support 2-D 'SAME' convs without dilation, "
-                     "groups or masks; build this layer with impl='xla'.")
-
-
-def layer_strides(layer) -> tuple[int, int]:
-  s = layer.strides
-  if s is None:
-    return (1, 1)
-  return (s, s) if isinstance(s, int) else tuple(s)
-
-
-def operands(layer, inputs: jax.Array):
-  """(x, kernel, bias) in the layer's compute dtype, as the Flax layers promote them; bias is
-  0 for a layer built with use_bias=False."""
-  bias = layer.bias[...] if layer.bias is not None else jnp.zeros((), layer.param_dtype)
-  return layer.promote_dtype((inputs, layer.kernel[...], bias), dtype=layer.dtype)
-
-
-class Conv(nnx.Conv):
-  """`nnx.Conv` with `impl` (one of IMPLS); same parameters."""
-
-  def __init__(self, *args, impl: str = "auto", **kwargs):
-    super().__init__(*args, **kwargs)
-    self.impl = resolve(impl)
-    if self.impl in ("cpu", "onednn"):
-      _check_supported(self, "conv")
-
-  def __call__(self, inputs: jax.Array) -> jax.Array:
-    if self.impl == "xla":
-      return super().__call__(inputs)
-    y, bias = self.unbiased(inputs)
-    return y + bias
-
-  def unbiased(self, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(output before the bias, bias [Cout] or 0) with the 'cpu' / 'onednn' forms, for a
-    caller that folds the bias into what follows (batchnorm.py)."""
-    x, kernel, bias = operands(self, inputs)
-    strides = layer_strides(self)
-    if self.impl == "onednn" and onednn.handles(x.shape, kernel.shape, strides, x.dtype):
-      return onednn.conv(x, kernel, strides), bias
-    return conv2d(x, kernel, strides, conv_plan(x.shape, kernel.shape, strides)), bias
-
-
-class ConvTranspose(nnx.ConvTranspose):
-  """`nnx.ConvTranspose` with `impl` (one of IMPLS); same parameters."""
-
-  def __init__(self, *args, impl: str = "auto", **kwargs):
-    super().__init__(*args, **kwargs)
-    self.impl = resolve(impl)
-    if self.impl in ("cpu", "onednn"):
-      if self.transpose_kernel:
-        raise ValueError(f"conv_impl={self.impl!r} transposed convs follow "
-                         "transpose_kernel=False.")
-      _check_supported(self, "transposed conv")
-
-  def __call__(self, inputs: jax.Array) -> jax.Array:
-    if self.impl == "xla":
-      return super().__call__(inputs)
-    y, bias = self.unbiased(inputs)
-    return y + bias
-
-  def unbiased(self, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """As `Conv.unbiased`."""
-    x, kernel, bias = operands(self, inputs)
-    strides = layer_strides(self)
-    if self.impl == "onednn" and onednn.handles(x.shape, kernel.shape, strides, x.dtype,
-                                                transposed=True):
-      return onednn.conv_transpose(x, kernel, strides), bias
-    return conv_transpose2d(x, kernel, strides), bias
+def xla(dtype=None) -> Layers:
+  """Flax's layers computing in `dtype` (None: float32); parameters are float32 either way."""
+  return Layers(
+      conv=functools.partial(nnx.Conv, dtype=dtype),
+      conv_transpose=functools.partial(nnx.ConvTranspose, dtype=dtype),
+      batch_norm_relu=functools.partial(BatchNormReLU, dtype=dtype),
+      group_norm=functools.partial(nnx.GroupNorm, dtype=dtype),
+      linear=functools.partial(nnx.Linear, dtype=dtype),
+  )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 
 def out_channels(mixture_consistent: bool) -> int:
@@ -40,7 +39,3 @@ def check_common(model_cfg) -> None:
   if not isinstance(model_cfg.mixture_consistent, bool):
     raise ValueError(
         f"config.model.mixture_consistent={model_cfg.mixture_consistent!r} must be True or False.")
-
-
-def concat_skip(x: jax.Array, skip: jax.Array) -> jax.Array:
-  return jnp.concatenate([x, skip], axis=-1)

@@ -11,7 +11,6 @@ images themselves, which is what makes `decode(z)` with z ~ N(0, I) generate ima
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -33,12 +32,11 @@ def validate(model_cfg) -> None:
 class LatentDecoder(nnx.Module):
   """z [B, latent_dim] -> image [B, 32, 32, 3] through a dense layer to the bottleneck grid."""
 
-  def __init__(self, latent_dim: int, grid: int, c_in: int, widths, *, rngs: nnx.Rngs,
-               dtype=None, impl: str = "auto"):
+  def __init__(self, latent_dim: int, grid: int, c_in: int, widths, *, layers,
+               rngs: nnx.Rngs):
     self.grid, self.c_in = grid, c_in
-    self.dense = nnx.Linear(latent_dim, grid * grid * c_in, dtype=dtype, rngs=rngs)
-    self.conv = conv_stacks.Decoder(c_in, widths, 3, batch_norm=False, rngs=rngs, dtype=dtype,
-                                    impl=impl)
+    self.dense = layers.linear(latent_dim, grid * grid * c_in, rngs=rngs)
+    self.conv = conv_stacks.Decoder(c_in, widths, 3, batch_norm=False, layers=layers, rngs=rngs)
 
   def __call__(self, z: jax.Array) -> jax.Array:
     h = nnx.relu(self.dense(z)).reshape(z.shape[0], self.grid, self.grid, self.c_in)
@@ -48,19 +46,15 @@ class LatentDecoder(nnx.Module):
 class Model(nnx.Module):
   """m [B, 32, 32, 3] in [0, 1] -> (x1_hat, x2_hat) [B, 32, 32, 3], aux {"mu", "logvar"}."""
 
-  def __init__(self, model_cfg, *, rngs: nnx.Rngs, dtype=None, impl: str = "auto"):
+  def __init__(self, model_cfg, *, layers, rngs: nnx.Rngs):
     enc, dec = [int(w) for w in model_cfg.encoder_widths], [int(w) for w in model_cfg.decoder_widths]
     self.latent_dim = int(model_cfg.latent_dim)
     self.mixture_consistent = bool(model_cfg.mixture_consistent)
     grid = 32 // 2 ** len(enc)
-    self.encoder = conv_stacks.Encoder(enc, batch_norm=False, rngs=rngs, dtype=dtype,
-                                       impl=impl)
-    self.posterior = nnx.Linear(grid * grid * enc[-1], 2 * self.latent_dim, dtype=dtype,
-                                rngs=rngs)
-    self.decoder1 = LatentDecoder(self.latent_dim, grid, enc[-1], dec, rngs=rngs, dtype=dtype,
-                                  impl=impl)
-    self.decoder2 = LatentDecoder(self.latent_dim, grid, enc[-1], dec, rngs=rngs, dtype=dtype,
-                                  impl=impl)
+    self.encoder = conv_stacks.Encoder(enc, batch_norm=False, layers=layers, rngs=rngs)
+    self.posterior = layers.linear(grid * grid * enc[-1], 2 * self.latent_dim, rngs=rngs)
+    self.decoder1 = LatentDecoder(self.latent_dim, grid, enc[-1], dec, layers=layers, rngs=rngs)
+    self.decoder2 = LatentDecoder(self.latent_dim, grid, enc[-1], dec, layers=layers, rngs=rngs)
 
   def encode(self, m: jax.Array) -> tuple[jax.Array, jax.Array]:
     """m [B, 32, 32, 3] -> (mu, logvar), each [B, latent_dim]."""
@@ -84,5 +78,3 @@ class Model(nnx.Module):
     y1, y2 = self.decode(z)
     x1_hat, x2_hat = outputs.from_two(y1, y2, m, self.mixture_consistent)
     return x1_hat, x2_hat, {"mu": mu, "logvar": logvar}
-
-

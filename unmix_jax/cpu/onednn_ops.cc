@@ -3,7 +3,7 @@
 // (input and kernel gradients), and training-mode batch normalisation + ReLU (end of
 // file). The `transposed` attribute picks oneDNN's deconvolution, PyTorch's ConvTranspose2d
 // convention (onednn.py flips the kernel to match lax). Built on first use by
-// unmix_jax/models/onednn.py against oneDNN 3.x.
+// unmix_jax/cpu/onednn.py against oneDNN 3.x.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -216,7 +216,7 @@ static std::shared_ptr<Prims> get(ffi::Span<const int64_t> x, ffi::Span<const in
 // One call at a time, of every kind: each spreads over every core with OpenMP, so two that XLA
 // starts side by side (a layer's input and kernel gradients, the autoencoder's two decoders)
 // only oversubscribe the cores. The mutex sits outside the template: a static inside it would
-// be one per call site, which let a layer's two gradients run together (session 13's trace).
+// be one per call site, which would let a layer's two gradients run together.
 static std::mutex one_at_a_time;
 
 template <typename F>

@@ -1,8 +1,8 @@
 """oneDNN's convolutions and BatchNorm + ReLU through XLA's FFI (conv_impl='onednn').
 
 On the CPU the 3x3 convs hold most of the U-Net's FLOPs, and every XLA formulation of them
-(stock, im2col, taps, Winograd) runs 2-3x slower than oneDNN's direct kernels, the ones PyTorch
-uses (README, Performance). `onednn_ops.cc` wraps the forward and backward primitives as FFI
+(stock, im2col, taps, Winograd) runs slower than oneDNN's direct kernels, the ones PyTorch
+uses (docs/performance.md). `onednn_ops.cc` wraps the forward and backward primitives as FFI
 custom calls: convolution, and training-mode batch normalisation with its ReLU (which XLA runs
 as several passes over the activation). It is compiled on first use (g++, and oneDNN 3.x from
 Intel's `onednn-cpu-gomp` wheels, a dependency on Linux x86-64) into `~/.cache/unmix_jax/` and
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unmix_jax.models import padding
+from unmix_jax.cpu import padding
 
 _SOURCE = pathlib.Path(__file__).with_name("onednn_ops.cc")
 _HINT = ("config.train.conv_impl='onednn' needs g++ and oneDNN 3.x (apt install g++; "
@@ -33,9 +33,8 @@ _HINT = ("config.train.conv_impl='onednn' needs g++ and oneDNN 3.x (apt install 
 def _onednn_flags() -> list[str]:
   """Compiler flags for the oneDNN to build against: the one pip installed for this Python
   where present (onednn-cpu-gomp, oneDNN 3.2: into the environment, or under the user's base
-  with `pip install --user`), else the system's. Debian 12's libdnnl-dev is 2.6, whose AVX2
-  kernels ran the U-Net's 16x16 convs (forward and both gradients) 1.15-1.45x slower on a
-  2-core Zen 3 (README, Performance)."""
+  with `pip install --user`), else the system's (Debian 12's libdnnl-dev is 2.6, whose kernels
+  are slower)."""
   for prefix in (pathlib.Path(sys.prefix), pathlib.Path(site.getuserbase())):
     lib = prefix / "lib"
     if (prefix / "include" / "oneapi" / "dnnl" / "dnnl.hpp").exists() and any(
@@ -111,13 +110,10 @@ def unavailable() -> str | None:
 
 def handles(x_shape, kernel_shape, strides, dtype, transposed: bool = False) -> bool:
   """Whether `conv` / `conv_transpose` runs this float32 layer: the faster choice in per-layer
-  timings (README, Performance; `experiments.benchmark --layers`). oneDNN wins on strided and
-  transposed 3x3 convs and on every conv at 4x4 or larger, the RGB input's included (its
-  unneeded input gradient is never computed, see `_bwd`); the `cpu` matrix products win where
-  the layer is nearly one matmul: 2x2 inputs and the U-Net's 2x2 stride-2 up-sampling
-  (kernel = stride). At 4x4 oneDNN 3.2 overtook them on a Zen 4 (session 14: U-Net 4x4 layers
-  93 vs 112 ms alone; step A/Bs 1.011 and 1.017 against 1.005 for a null one); older code had
-  lost there on Zen 3 and Zen 5."""
+  timings (`experiments.benchmark --layers`). oneDNN wins on strided and transposed 3x3 convs
+  and on every conv at 4x4 or larger, the RGB input's included (its unneeded input gradient is
+  never computed, see `_bwd`); the matrix-product forms win where the layer is nearly one
+  matmul: 2x2 inputs and the U-Net's 2x2 stride-2 up-sampling (kernel = stride)."""
   if jnp.dtype(dtype) != jnp.float32:
     return False
   _, h, w, _ = x_shape

@@ -1,6 +1,6 @@
 """The U-Net decoder's 2x2 stride-2 up-sampling, skip concatenation and first 3x3 conv, computed
 as one 4x4 stride-2 transposed conv of the low-resolution input plus one conv of the skip
-(conv_impl='onednn', outputs of 16x16 and larger).
+(conv_impl='onednn', outputs of 16x16 and larger): `up_concat_conv` of the CPU layers.
 
 Nothing nonlinear lies between the up-sampling and the conv, and a conv of a concatenation is the
 sum of the convs of its parts, so
@@ -13,8 +13,7 @@ zero padding). Per output pixel the composed transposed conv does 4 * Cin * Cout
 where the two layers did Cin * C + 9 * C * Cout, and the concatenation is never written, so
 the forward pass and both gradients skip work and copies. Building K costs a [4 Cin, C] x
 [C, 9 Cout] product per step, independent of the batch: small at 16x16 and 32x32, as much as it
-saves at 8x8 and below (session 16, README Performance). Same parameters, same function: equal
-to the layers to float32 rounding (tests/test_onednn.py).
+saves at 8x8 and below. Same parameters, same function: equal to the layers to float32 rounding.
 """
 
 from __future__ import annotations
@@ -23,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unmix_jax.models import layers, onednn
+from unmix_jax.cpu import conv as conv_layers
+from unmix_jax.cpu import forms, onednn
 
 # Along one axis, output pixel 2m + e of conv3x3(up(x)) reads up-sampled pixel 2m + e + d
 # (tap offset d in {-1, 0, 1}), which is x[m + (e + d) // 2] through up-sampling phase
@@ -59,7 +59,7 @@ def composed_kernel(up_kernel: jax.Array, conv_kernel: jax.Array) -> jax.Array:
   """up_kernel [2, 2, Cin, C] (lax.conv_transpose's, transpose_kernel=False), conv_kernel
   [3, 3, C, Cout] -> [4, 4, Cin, Cout], the kernel of `onednn.conv_transpose` (stride 2) equal to
   the conv after the up-sampling."""
-  _, phase_taps = layers.phase_taps(2, 2)
+  _, phase_taps = forms.phase_taps(2, 2)
   cin, c = up_kernel.shape[2:]
   cout = conv_kernel.shape[-1]
   phases = jnp.stack([up_kernel[phase_taps[0][a], phase_taps[0][b]]
@@ -68,7 +68,7 @@ def composed_kernel(up_kernel: jax.Array, conv_kernel: jax.Array) -> jax.Array:
   products = phases.reshape(4 * cin, c) @ conv_kernel.transpose(2, 0, 1, 3).reshape(c, 9 * cout)
   products = products.reshape(4, cin, 9, cout).transpose(0, 2, 1, 3).reshape(36, cin * cout)
   # A product with the 0/1 selection, not 36 sliced sums: the transpose of sliced sums is a
-  # pass that tests every element against every slice (3.4 ms per step at 16x16).
+  # pass that tests every element against every slice.
   kernel = (jnp.asarray(_SELECTION) @ products).reshape(4, 4, cin, cout)
   return kernel[::-1, ::-1]  # lax's orientation, which `onednn.conv_transpose` expects
 
@@ -96,27 +96,37 @@ def _add_map_fwd(y, m):
 
 def _add_map_bwd(_, dy):
   b = dy.shape[0]
-  # The batch sum as a product with ones: XLA:CPU's reduction over the leading axis alone took
-  # 13.7 ms for the 10 MB gradient at 32x32 (41 ms beside oneDNN calls), the product 0.1 ms.
+  # The batch sum as a product with ones: XLA:CPU's reduction over the leading axis alone is
+  # many times slower.
   return dy, (jnp.ones((b,), dy.dtype) @ dy.reshape(b, -1)).reshape(dy.shape[1:])
 
 
 _add_map.defvjp(_add_map_fwd, _add_map_bwd)
 
 
-def up_concat_conv(x, skip, up_kernel, up_bias, conv_kernel, conv_bias) -> jax.Array:
+def composed(x, skip, up_kernel, up_bias, conv_kernel, conv_bias) -> jax.Array:
   """conv(concat(conv_transpose(x, up_kernel, 2) + up_bias, skip), conv_kernel) + conv_bias,
   'SAME', before the ReLU. x [B, H, W, Cin], skip [B, 2H, 2W, C], up_kernel [2, 2, Cin, C],
   conv_kernel [3, 3, 2C, Cout] -> [B, 2H, 2W, Cout]; float32, `onednn.load()` first."""
   c = up_kernel.shape[-1]
   up_half, skip_half = conv_kernel[:, :, :c], conv_kernel[:, :, c:]
-  # The barriers move this level's work later in XLA's schedule. They do not hold back the
-  # run: XLA:CPU's executor orders work by the buffers it reads and writes, and it starts the
-  # skip's conv as soon as the encoder's output exists (session 17's trace). In-process A/Bs,
-  # with them against without: default U-Net 0.999 (24 rounds), `cpu` preset 1.024 and 1.027
-  # (24 and 20 noisy rounds). Kept for the small preset.
+  # The barriers move this level's work later in XLA's schedule (a small gain on the `cpu`
+  # preset's U-Net). They do not hold back the run: XLA:CPU's executor orders work by the
+  # buffers it reads and writes, and starts the skip's conv as soon as its input exists.
   x, up_kernel, up_half = jax.lax.optimization_barrier((x, up_kernel, up_half))
   y = onednn.conv_transpose(x, composed_kernel(up_kernel, up_half), (2, 2))
   y, skip = jax.lax.optimization_barrier((y, skip))
   y = y + onednn.conv(skip, skip_half, (1, 1))
   return _add_map(y, bias_map(up_bias, up_half, *skip.shape[1:3])) + conv_bias
+
+
+def up_concat_conv(up, conv, x: jax.Array, skip: jax.Array) -> jax.Array:
+  """`conv(concat([up(x), skip]))` for the CPU layers `up` (a ConvTranspose) and `conv`: composed
+  where `used`, with oneDNN, else the two layers as they are."""
+  x_, up_kernel, up_bias = conv_layers.operands(up, x)
+  if (up.impl == conv.impl == "onednn"
+      and used(x_.shape, up_kernel.shape, conv_layers.strides(up), x_.dtype)):
+    skip, conv_kernel, conv_bias = conv_layers.operands(conv, skip)
+    up_bias = jnp.broadcast_to(up_bias, up_kernel.shape[-1:])
+    return composed(x_, skip, up_kernel, up_bias, conv_kernel, conv_bias)
+  return conv(jnp.concatenate([up(x), skip], axis=-1))
