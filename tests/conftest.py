@@ -1,6 +1,23 @@
-import os
+"""Shared helpers and trained runs.
 
+Smoke runs train in-process once per test process (`unet_run`, `vae_run`) and tests that only
+read them share them; a test that changes a run copies it first (`copy_run`). Entry points are
+started as subprocesses only where the process itself is under test (exit codes, signals,
+stderr).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+
+from unmix_jax import configs, steps, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data", "tensorflow_datasets")
@@ -8,9 +25,132 @@ SHARED_DATA = os.path.join(ROOT, "..", "shared", "data", "tensorflow_datasets")
 
 @pytest.fixture(scope="session")
 def tfds_data_dir() -> str:
-  """The prepared CIFAR-10 copy: $TFDS_DATA_DIR, else ../shared/data/tensorflow_datasets."""
-  path = os.environ.get("TFDS_DATA_DIR") or SHARED_DATA
+  """The prepared CIFAR-10 copy: $TFDS_DATA_DIR, else ../shared/data/tensorflow_datasets (set as
+  $TFDS_DATA_DIR for in-process runs and subprocesses alike)."""
+  path = os.path.abspath(os.environ.get("TFDS_DATA_DIR") or SHARED_DATA)
   if not os.path.isdir(os.path.join(path, "cifar10")):
     pytest.fail(f"end-to-end tests need a tfds data dir with cifar10; none at {path}. "
                 "Set TFDS_DATA_DIR (see README).")
-  return os.path.abspath(path)
+  os.environ["TFDS_DATA_DIR"] = path
+  return path
+
+
+def smoke_config(model: str = "unet", **fields):
+  """The smoke preset of `model` with dotted overrides, e.g. smoke_config(**{"train.epochs": 3})."""
+  config = configs.get_config(model, "smoke")
+  for name, value in fields.items():
+    section, _, field = name.rpartition(".")
+    (config[section] if section else config)[field] = value
+  return config
+
+
+def train_smoke(workdir, model: str = "unet", **fields) -> dict:
+  """Trains the smoke preset in this process; returns the summary."""
+  return train.train_and_evaluate(smoke_config(model, **fields), str(workdir),
+                                  show_progress=False)
+
+
+def run_module(module: str, *args, env=None, cwd=ROOT, timeout=600):
+  """`python -m module args...` as a user runs it; the CompletedProcess."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
+  return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(result, needle: str, code: int = 2) -> str:
+  """The process ended with `code`, its last stderr line is `error: ...` holding `needle`, and
+  it printed no traceback. Returns that line."""
+  assert result.returncode == code, (result.returncode, result.stderr[-3000:])
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and needle in last, last
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  return last
+
+
+def records(workdir) -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def comparable(workdir) -> list[dict]:
+  """metrics.jsonl without the fields that depend on timing."""
+  drop = ("wall_time", "images_per_s")
+  return [{k: v for k, v in r.items() if k not in drop} for r in records(workdir)]
+
+
+def summary(workdir) -> dict:
+  with open(os.path.join(workdir, "summary.json")) as f:
+    return json.load(f)
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+
+
+@pytest.fixture(scope="session")
+def unet_run(tmp_path_factory, tfds_data_dir) -> str:
+  """A finished smoke U-Net run of 3 epochs (4 steps each: checkpoints 4, 8, 12), with a profile
+  of steps 3-4 and the train step's HLO. Read it; copy it (`copy_run`) to change it."""
+  workdir = tmp_path_factory.mktemp("unet_run") / "run"
+  train_smoke(workdir, **{"train.epochs": 3, "profile.start_step": 2, "profile.num_steps": 2,
+                          "profile.dump_hlo": True})
+  return str(workdir)
+
+
+@pytest.fixture(scope="session")
+def vae_run(tmp_path_factory, tfds_data_dir) -> str:
+  """A finished smoke VAE run (2 epochs)."""
+  workdir = tmp_path_factory.mktemp("vae_run") / "run"
+  train_smoke(workdir, "vae")
+  return str(workdir)
+
+
+@pytest.fixture
+def copy_run(tmp_path):
+  """copy_run(workdir, keep_steps=None): a copy of a run in tmp_path; with keep_steps, only
+  those checkpoints survive (the state of a run stopped after them)."""
+
+  def copy(workdir, keep_steps=None):
+    target = str(tmp_path / "copy")
+    shutil.copytree(workdir, target)
+    if keep_steps is not None:
+      for step in checkpoint_steps(target):
+        if step not in keep_steps:
+          shutil.rmtree(os.path.join(target, "checkpoints", str(step)))
+    return target
+
+  return copy
+
+
+def random_images(n=16, seed=0):
+  """Blocky images (4x4 random cells, 8x8 pixels each): structure a small net can learn."""
+  cells = np.random.default_rng(seed).integers(0, 256, (n, 4, 4, 3), np.uint8)
+  return jnp.asarray(cells.repeat(8, axis=1).repeat(8, axis=2))
+
+
+def single_step(graphdef, config, tx):
+  """The jitted train step with a fresh metric window each call: (state, images, idx, key) ->
+  (state, this step's metrics)."""
+  step = steps.make_train_step(graphdef, config, tx)
+  zeros = None
+
+  def run(state, images, idx, key):
+    nonlocal zeros
+    if zeros is None:
+      zeros = steps.zero_window(graphdef, config, tx, state, images, idx, key)
+    return step(state, zeros, images, idx, key)
+
+  return run
+
+
+def rel_err(a, b) -> float:
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def value_and_grads(f, *args):
+  """f(*args) and the gradients of a random projection of it with respect to every argument."""
+  y = f(*args)
+  probe = jax.random.normal(jax.random.PRNGKey(9), y.shape)
+  grads = jax.grad(lambda *a: jnp.sum(f(*a) * probe), argnums=tuple(range(len(args))))(*args)
+  return y, grads

@@ -1,94 +1,142 @@
-"""Bad settings end with one line that names the field, exit code 2 and no traceback."""
+"""Bad settings and inputs: one message that names the field and the fix, checked in-process;
+one subprocess per kind of failure shows the command's one line and exit code."""
 
 import os
-import shutil
 
+import jax
 import pytest
 
-from tests.test_end_to_end import run_train
+from tests.conftest import (assert_one_line_error, checkpoint_steps, run_module, smoke_config,
+                            train_smoke)
+from unmix_jax import backend, checkpoint, cli, config_checks, data
 
 CASES = [
-    (["--config.model.name=resnet"], "config.model.name"),
-    (["--config.loss=l1"], "config.loss"),
-    (["--config.train.lr=-1.0"], "config.train.lr"),
-    (["--config.train.lr=0.0"], "config.train.lr"),
-    (["--config.train.batch_size=0"], "config.train.batch_size"),
-    (["--config.train.epochs=0"], "config.train.epochs"),
-    (["--config.data.num_images=60000"], "config.data.num_images"),
-    (["--config.data.num_test_images=20000"], "config.data.num_test_images"),
-    (["--config.data.num_train_pairs=490"], "num_train_pairs"),
-    (["--config.data.num_test_pairs=500"], "config.data.num_test_pairs"),
-    (["--config.train.conv_impl=fast"], "config.train.conv_impl"),
-    (["--config.train.steps_per_call=0"], "config.train.steps_per_call"),
+    ({"model.name": "resnet"}, "config.model.name"),
+    ({"loss": "l1"}, "config.loss"),
+    ({"train.lr": -1.0}, "config.train.lr"),
+    ({"train.lr": 0.0}, "config.train.lr"),
+    ({"train.batch_size": 0}, "config.train.batch_size"),
+    ({"train.epochs": 0}, "config.train.epochs"),
+    ({"data.num_images": 60000}, "config.data.num_images"),
+    ({"data.num_test_images": 20000}, "config.data.num_test_images"),
+    ({"data.num_train_pairs": 490}, "num_train_pairs"),
+    ({"data.num_test_pairs": 500}, "config.data.num_test_pairs"),
+    ({"train.conv_impl": "fast"}, "config.train.conv_impl"),
+    ({"train.steps_per_call": 0}, "config.train.steps_per_call"),
+    ({"train.compute_dtype": "float16"}, "config.train.compute_dtype"),
+    ({"model.features": (4, 8, 16, 32, 64, 128, 256)}, "config.model.features"),
 ]
 
 
-def assert_one_line_error(result, needle):
-  assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-  last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: ") and needle in last, last
-  assert "Traceback" not in result.stderr
+@pytest.mark.parametrize("fields,needle", CASES)
+def test_a_bad_config_value_names_its_field(fields, needle):
+  with pytest.raises(config_checks.ConfigError) as e:
+    config_checks.validate(smoke_config(**fields))
+  assert needle in str(e.value) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("overrides,needle", CASES)
-def test_bad_config_value(tmp_path, tfds_data_dir, overrides, needle):
-  result = run_train(str(tmp_path / "run"), *overrides, data_dir=tfds_data_dir)
-  assert_one_line_error(result, needle)
-
-
-def test_data_dir_without_cifar10_and_download_off(tmp_path, tfds_data_dir):
-  empty = tmp_path / "empty"
-  empty.mkdir()
-  result = run_train(str(tmp_path / "run"), f"--config.data.data_dir={empty}",
-                     "--config.data.download=False", data_dir=tfds_data_dir)
-  assert_one_line_error(result, "config.data.download")
-
-
-def test_workdir_of_another_model_keeps_its_checkpoint(tmp_path, tfds_data_dir):
-  workdir = str(tmp_path / "run")
-  assert run_train(workdir, data_dir=tfds_data_dir).returncode == 0
-  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
-  result = run_train(workdir, "--config.model.features=(4,8,16)", data_dir=tfds_data_dir)
-  assert_one_line_error(result, "different model")
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
-
-
-def test_unwritable_workdir(tmp_path, tfds_data_dir):
-  blocker = tmp_path / "file"
-  blocker.write_text("not a directory")
-  result = run_train(str(blocker / "run"), data_dir=tfds_data_dir)
-  assert_one_line_error(result, "--workdir")
-
-
-def test_batch_size_must_divide_over_the_devices(tmp_path, tfds_data_dir):
-  result = run_train(str(tmp_path / "run"), "--config.train.batch_size=15", data_dir=tfds_data_dir,
-                     env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
-  assert_one_line_error(result, "config.train.batch_size=15")
-
-
-def test_checkpoint_of_another_model_without_config_json(tmp_path, tfds_data_dir):
-  workdir = str(tmp_path / "run")
-  assert run_train(workdir, data_dir=tfds_data_dir).returncode == 0
-  os.remove(os.path.join(workdir, "config.json"))
-  result = run_train(workdir, "--config.model.features=(4,8,16)", data_dir=tfds_data_dir)
-  assert_one_line_error(result, "belongs to another model")
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
-
-
-def test_onednn_without_a_compiler_is_one_line_naming_the_fix(tmp_path, tfds_data_dir):
-  result = run_train(str(tmp_path / "run"), "--config.train.conv_impl=onednn",
-                     data_dir=tfds_data_dir,
-                     env={"CXX": str(tmp_path / "no-such-g++"),
-                          "XDG_CACHE_HOME": str(tmp_path / "cache")})
-  assert_one_line_error(result, "config.train.conv_impl='onednn'")
-  assert "onednn-cpu-gomp" in result.stderr.strip().splitlines()[-1]
+def test_the_command_reports_a_bad_value_in_one_line(tmp_path):
+  result = run_module("experiments.train", "--config=configs/unet.py:smoke",
+                      f"--workdir={tmp_path / 'run'}", "--config.train.lr=-1.0")
+  assert_one_line_error(result, "config.train.lr=-1.0")
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
-def test_auto_without_onednn_trains_with_the_cpu_forms_and_says_why(tmp_path, tfds_data_dir):
-  result = run_train(str(tmp_path / "run"), data_dir=tfds_data_dir,
-                     env={"CXX": str(tmp_path / "no-such-g++"),
-                          "XDG_CACHE_HOME": str(tmp_path / "cache")})
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert "convs as cpu (auto)" in result.stdout
-  assert "conv_impl='auto' uses 'cpu' here" in result.stdout and "onednn-cpu-gomp" in result.stdout
+def test_the_batch_must_divide_over_the_devices(monkeypatch):
+  monkeypatch.setattr(jax, "device_count", lambda: 2)
+  with pytest.raises(config_checks.ConfigError, match="config.train.batch_size=15"):
+    config_checks.validate(smoke_config(**{"train.batch_size": 15}))
+
+
+def test_a_data_dir_without_cifar10_and_download_off(tmp_path):
+  config = smoke_config(**{"data.data_dir": str(tmp_path), "data.download": False})
+  with pytest.raises(data.DataError, match="config.data.download"):
+    data.load(config)
+
+
+def test_a_workdir_of_another_model_keeps_its_checkpoints(unet_run):
+  before = checkpoint_steps(unet_run)
+  other = smoke_config(**{"model.features": (4, 8, 16)})
+  with pytest.raises(config_checks.ConfigError, match="different model"):
+    config_checks.check_workdir(unet_run, other)
+  assert checkpoint_steps(unet_run) == before
+
+
+def test_a_checkpoint_of_another_model_without_config_json(unet_run, copy_run):
+  run_dir = copy_run(unet_run)
+  os.remove(os.path.join(run_dir, "config.json"))
+  with pytest.raises(checkpoint.CheckpointError, match="belongs to another model"):
+    train_smoke(run_dir, **{"model.features": (4, 8, 16)})
+  assert checkpoint_steps(run_dir) == [4, 8, 12]
+
+
+def test_an_unwritable_workdir(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a directory")
+  with pytest.raises(config_checks.ConfigError, match="--workdir"):
+    config_checks.check_workdir(str(blocker / "run"), smoke_config())
+
+
+def test_onednn_without_a_compiler_is_one_line_naming_the_fix(tmp_path, monkeypatch):
+  from unmix_jax.cpu import onednn
+
+  monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+  with pytest.raises(ValueError) as e:
+    onednn.load.__wrapped__()  # the build itself, not the process's cached result
+  message = str(e.value)
+  assert "config.train.conv_impl='onednn'" in message and "onednn-cpu-gomp" in message
+  assert "\n" not in message
+
+
+def test_auto_without_onednn_uses_the_cpu_forms_and_says_why(monkeypatch):
+  monkeypatch.setattr(backend, "onednn_unavailable", lambda: "no compiler 'g++'")
+  assert backend.resolve("auto") == "cpu"
+  assert "no compiler 'g++'" in backend.describe("auto")
+  assert backend.resolve("xla") == "xla"
+
+
+# Command-line mistakes: checked in-process, then once per entry point as a user meets them.
+
+CONFIG_MISTAKES = [
+    (["--config=configs/unet.py:gpu"], "Unknown preset 'gpu'; choose one of"),
+    (["--config=configs/nope.py"], "no config file 'configs/nope.py'"),
+    (["--config.train.lrr=0.1"], "did you mean --config.train.lr?"),
+    (["--config.trian.lr=0.1"], "did you mean --config.train.lr?"),
+    (["--config.train.lr=abc"], "config.train.lr takes a float"),
+    (["--config.train.epochs=2.5"], "config.train.epochs takes an int"),
+    (["--config.data.augment=maybe"], "config.data.augment is True or False"),
+]
+
+
+@pytest.mark.parametrize("args,needle", CONFIG_MISTAKES)
+def test_a_config_mistake_is_named_before_anything_runs(args, needle):
+  with pytest.raises(cli.UsageError, match=needle.replace("?", r"\?")):
+    cli.check_config_args(["train", *args], "configs/unet.py:cpu")
+
+
+@pytest.mark.parametrize("args", [["--config=configs/unet.py:smoke"],
+                                  ["--config.train.lr=3e-4", "--config.model.features=(8,16)"],
+                                  ["--config.data.augment", "--config.train.epochs", "3"]])
+def test_good_config_arguments_pass(args):
+  cli.check_config_args(["train", *args], "configs/unet.py:cpu")
+
+
+ENTRY_POINT_MISTAKES = [
+    ("experiments.train", ["--config=configs/unet.py:gpu"], "Unknown preset 'gpu'"),
+    ("experiments.train", ["--config.train.lrr=0.1"], "did you mean --config.train.lr?"),
+    ("experiments.train", ["--config.train.lr=abc"], "takes a float"),
+    ("experiments.train", ["--config=configs/nope.py"], "no config file"),
+    ("experiments.train", ["--workdr=x"], "Unknown command line flag 'workdr'"),
+    ("experiments.benchmark", ["--config.train.batchsize=8"], "did you mean"),
+    ("experiments.benchmark", ["--steps=many"], "--steps"),
+    ("experiments.evaluate", [], "--workdir"),
+    ("experiments.evaluate", ["--workdir=x", "--checkpoint=first"], "--checkpoint"),
+    ("experiments.compare", ["--preset=gpu"], "--preset"),
+    ("experiments.sample", ["--workdir=x", "--num=lots"], "--num"),
+]
+
+
+@pytest.mark.parametrize("module,args,needle", ENTRY_POINT_MISTAKES)
+def test_every_entry_point_reports_a_command_line_mistake_in_one_line(module, args, needle):
+  assert_one_line_error(run_module(module, *args), needle)

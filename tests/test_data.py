@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import unet
+from unmix_jax.configs import unet
 from unmix_jax import data
 
 

@@ -1,5 +1,7 @@
-"""Faults a long run meets: preemption, non-finite losses, damaged checkpoints."""
+"""Faults a long run meets: preemption, non-finite losses, damaged checkpoints, a full disk, a
+second run on the same workdir."""
 
+import errno
 import glob
 import json
 import os
@@ -11,32 +13,79 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from configs import unet
-from tests.conftest import ROOT
-from tests.test_end_to_end import records, run_train
-from tests.test_train import random_images, single_step
-from unmix_jax import runs, train
+from tests.conftest import (ROOT, assert_one_line_error, checkpoint_steps, comparable, records,
+                            random_images, run_module, single_step, summary,
+                            train_smoke)
+from unmix_jax import checkpoint, logs, preemption, profiling, runs, steps, window, workdir
+from unmix_jax.configs import unet
 
-LONG = ("--config.train.epochs=40",)
-
-
-def comparable(workdir):
-  drop = ("wall_time", "images_per_s")
-  return [{k: v for k, v in r.items() if k not in drop} for r in records(workdir)]
+# The shared run's config (tests/conftest.py), which a broken run must repeat.
+UNET_RUN = {"train.epochs": 3, "profile.start_step": 2, "profile.num_steps": 2,
+            "profile.dump_hlo": True}
 
 
-def test_sigterm_saves_and_the_resumed_run_equals_an_unbroken_one(tmp_path, tfds_data_dir):
-  unbroken = str(tmp_path / "unbroken")
-  assert run_train(unbroken, *LONG, data_dir=tfds_data_dir).returncode == 0
+def same_final_state(a, b):
+  _, _, state_a, _ = runs.restore(a, "latest")
+  _, _, state_b, _ = runs.restore(b, "latest")
+  for x, y in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+    np.testing.assert_array_equal(x, y)
 
+
+def test_a_signal_mid_epoch_saves_and_the_resumed_run_equals_an_unbroken_one(
+    unet_run, tmp_path, monkeypatch, capsys):
   broken = str(tmp_path / "broken")
-  env = dict(os.environ, TFDS_DATA_DIR=tfds_data_dir, JAX_PLATFORMS="cpu")
+  finish_step = profiling.StepProfiler.finish_step
+
+  def signal_at_step_6(self, step, state):
+    finish_step(self, step, state)
+    if step == 6:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(profiling.StepProfiler, "finish_step", signal_at_step_6)
+  with pytest.raises(preemption.Preempted, match="at step 6"):
+    train_smoke(broken, **UNET_RUN)
+  monkeypatch.undo()
+  assert checkpoint_steps(broken) == [4, 6]
+  meta = checkpoint.Checkpoints(broken).read_meta(6)
+  assert meta["window"]["n"] == 0 and meta["epoch"] == 1.5  # the window closed at step 6
+  train_smoke(broken, **UNET_RUN)
+  assert "resuming from step 6" in capsys.readouterr().out
+  assert comparable(broken) == comparable(unet_run)
+  assert summary(broken)["test"] == summary(unet_run)["test"]
+  same_final_state(broken, unet_run)
+
+
+def test_a_half_full_metric_window_is_carried_over(tmp_path, monkeypatch):
+  """Stopped at step 5 with log lines every 2 steps: step 5's metrics travel in the checkpoint
+  and the resumed run logs step 6 as an unbroken run does."""
+  fields = {"train.epochs": 2, "train.steps_per_call": 1}
+  unbroken, broken = str(tmp_path / "unbroken"), str(tmp_path / "broken")
+  train_smoke(unbroken, **fields)
+  finish_step = profiling.StepProfiler.finish_step
+
+  def signal_at_step_5(self, step, state):
+    finish_step(self, step, state)
+    if step == 5:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(profiling.StepProfiler, "finish_step", signal_at_step_5)
+  with pytest.raises(preemption.Preempted):
+    train_smoke(broken, **fields)
+  monkeypatch.undo()
+  assert checkpoint.Checkpoints(broken).read_meta(5)["window"]["n"] == 1
+  train_smoke(broken, **fields)
+  assert comparable(broken) == comparable(unbroken)
+
+
+def test_sigterm_stops_the_command_with_a_checkpoint_and_says_how_to_resume(tmp_path):
+  run_dir = str(tmp_path / "run")
   cmd = [sys.executable, "-m", "experiments.train", "--config=configs/unet.py:smoke",
-         f"--workdir={broken}", *LONG]
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-  ckpt_dir = os.path.join(broken, "checkpoints")
+         f"--workdir={run_dir}", "--config.train.epochs=40"]
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  ckpt_dir = os.path.join(run_dir, "checkpoints")
   deadline = time.time() + 300
   while not (os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir))):
     assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
@@ -44,43 +93,34 @@ def test_sigterm_saves_and_the_resumed_run_equals_an_unbroken_one(tmp_path, tfds
   proc.send_signal(signal.SIGTERM)
   _, stderr = proc.communicate(timeout=300)
   assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
-  assert "Run the same command again to resume" in stderr
-  stopped_at = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
-  assert stopped_at < 160  # it really stopped early (40 epochs x 4 steps)
-
-  resumed = run_train(broken, *LONG, data_dir=tfds_data_dir)
-  assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert f"resuming from step {stopped_at}" in resumed.stdout
-  assert comparable(broken) == comparable(unbroken)
-  with open(os.path.join(unbroken, "summary.json")) as f, \
-       open(os.path.join(broken, "summary.json")) as g:
-    assert json.load(f)["test"] == json.load(g)["test"]
-  _, _, state_a, _ = runs.restore(unbroken, "latest")
-  _, _, state_b, _ = runs.restore(broken, "latest")
-  for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
-    np.testing.assert_array_equal(a, b)
+  assert "Run the same command again to resume" in stderr.strip().splitlines()[-1]
+  assert max(checkpoint_steps(run_dir)) < 160  # it really stopped early (40 epochs x 4 steps)
 
 
-def test_absurd_learning_rate_stops_with_a_message_and_keeps_the_checkpoint(tmp_path,
-                                                                            tfds_data_dir):
-  workdir = str(tmp_path / "run")
-  assert run_train(workdir, "--config.train.epochs=1", data_dir=tfds_data_dir).returncode == 0
-  result = run_train(workdir, "--config.train.epochs=3", "--config.train.lr=1e30",
-                     "--config.train.grad_clip=1e30", data_dir=tfds_data_dir)
-  assert result.returncode == 2, result.stderr[-2000:]
-  last = result.stderr.strip().splitlines()[-1]
-  assert "training loss is nan" in last or "training loss is inf" in last, last
-  assert "last good checkpoint: step 4" in last
-  _, _, state, step = runs.restore(workdir, "latest")
-  assert step == 4
+def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(unet_run, copy_run):
+  run_dir = copy_run(unet_run)
+  with pytest.raises(window.NonFiniteLossError) as e:
+    train_smoke(run_dir, **{"train.epochs": 5, "train.lr": 1e30, "train.grad_clip": 1e30})
+  message = str(e.value)
+  assert "training loss is nan" in message or "training loss is inf" in message
+  assert "last good checkpoint: step 12" in message
+  _, _, state, step = runs.restore(run_dir, "latest")
+  assert step == 12
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.params))
+
+
+def test_the_command_reports_a_non_finite_loss_in_one_line(tmp_path):
+  result = run_module("experiments.train", "--config=configs/unet.py:smoke",
+                      f"--workdir={tmp_path / 'run'}", "--config.train.lr=1e30",
+                      "--config.train.grad_clip=1e30", "--config.train.warmup_steps=0")
+  assert_one_line_error(result, "config.train.skip_nonfinite")
 
 
 def test_skip_nonfinite_keeps_the_state_and_counts_the_step():
   config = unet.get_config("smoke")
   config.train.skip_nonfinite = True
-  tx = train.make_optimizer(config, 10)
-  graphdef, state = train.create_train_state(config, tx)
+  tx = steps.make_optimizer(config, 10)
+  graphdef, state = steps.create_train_state(config, tx)
   step = single_step(graphdef, config, tx)
   idx = jnp.array([[0, 1], [2, 3]], jnp.int32)
   state, parts = step(state, random_images(), idx, jax.random.PRNGKey(0))
@@ -97,32 +137,194 @@ def test_skip_nonfinite_keeps_the_state_and_counts_the_step():
     np.testing.assert_array_equal(a, b)
 
 
-def test_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, tfds_data_dir):
-  workdir = str(tmp_path / "run")
-  assert run_train(workdir, data_dir=tfds_data_dir).returncode == 0  # checkpoints 4 and 8
-  # Which OCDBT data file holds the arrays varies (per-process files may be merged away), so
-  # truncate every data file of step 8 to half its size.
-  state_dir = os.path.join(workdir, "checkpoints", "8", "state")
-  data_files = glob.glob(os.path.join(state_dir, "**", "d", "*"), recursive=True)
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(unet_run, copy_run, capsys):
+  run_dir = copy_run(unet_run)
+  # Which OCDBT data file holds the arrays varies, so truncate every data file of step 12.
+  data_files = glob.glob(os.path.join(run_dir, "checkpoints", "12", "state", "**", "d", "*"),
+                         recursive=True)
   assert data_files
   for path in data_files:
     with open(path, "r+b") as f:
       f.truncate(os.path.getsize(path) // 2)
-  result = run_train(workdir, "--config.train.epochs=3", data_dir=tfds_data_dir)
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert "checkpoint step 8" in result.stderr and "resuming from step 4 instead" in result.stderr
-  assert "resuming from step 4" in result.stdout
-  # The damaged step was set aside, not deleted, and training wrote a fresh step 8.
-  assert os.path.isdir(os.path.join(workdir, "checkpoints_unreadable", "8"))
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "4", "8"]
+  train_smoke(run_dir, **{"train.epochs": 4})
+  out, err = capsys.readouterr()
+  assert "checkpoint step 12" in err and "resuming from step 8 instead" in err
+  assert "resuming from step 8" in out
+  # The damaged step was set aside, not deleted, and training wrote a fresh step 12.
+  assert os.path.isdir(os.path.join(run_dir, "checkpoints_unreadable", "12"))
+  assert {8, 12, 16} <= set(checkpoint_steps(run_dir))
 
 
-def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path, tfds_data_dir):
-  workdir = str(tmp_path / "run")
-  assert run_train(workdir, data_dir=tfds_data_dir).returncode == 0
-  for step in ("4", "8"):
-    os.remove(os.path.join(workdir, "checkpoints", step, "state", "manifest.ocdbt"))
-  result = run_train(workdir, "--config.train.epochs=3", data_dir=tfds_data_dir)
-  assert result.returncode == 2
-  last = result.stderr.strip().splitlines()[-1]
-  assert "no checkpoint" in last and "can be read" in last, last
+def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(unet_run, copy_run):
+  run_dir = copy_run(unet_run)
+  for step in checkpoint_steps(run_dir):
+    os.remove(os.path.join(run_dir, "checkpoints", str(step), "state", "manifest.ocdbt"))
+  with pytest.raises(checkpoint.CheckpointError, match="no checkpoint .* can be read"):
+    train_smoke(run_dir, **{"train.epochs": 4})
+  result = run_module("experiments.train", "--config=configs/unet.py:smoke",
+                      f"--workdir={run_dir}", "--config.train.epochs=4")
+  assert_one_line_error(result, "can be read")
+
+
+# A second run on the same workdir.
+
+def test_a_workdir_lock_refuses_a_second_holder_and_is_taken_over_when_stale(tmp_path, capsys):
+  with workdir.Lock(str(tmp_path)):
+    with open(tmp_path / workdir.LOCK_FILE) as f:
+      assert json.load(f)["pid"] == os.getpid()
+    with pytest.raises(workdir.LockedError, match=f"pid {os.getpid()}"):
+      workdir.Lock(str(tmp_path)).__enter__()
+  # Released (emptied): the next holder takes it silently.
+  with workdir.Lock(str(tmp_path)):
+    pass
+  assert "warning" not in capsys.readouterr().err
+  # A holder that died without releasing: its record stays, its OS lock is gone.
+  with open(tmp_path / workdir.LOCK_FILE, "w") as f:
+    json.dump({"host": "elsewhere", "pid": 2 ** 22 + 1, "started": "2026-01-01T00:00:00"}, f)
+  with workdir.Lock(str(tmp_path)):
+    pass
+  assert "taking over" in capsys.readouterr().err
+
+
+def test_a_second_run_on_a_live_workdir_is_refused_and_the_first_finishes_cleanly(tmp_path):
+  run_dir = str(tmp_path / "run")
+  args = ["-m", "experiments.train", "--config=configs/unet.py:smoke", f"--workdir={run_dir}",
+          "--config.train.epochs=12"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  first = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+  lock = os.path.join(run_dir, workdir.LOCK_FILE)
+  deadline = time.time() + 300
+  while not (os.path.exists(lock) and os.path.getsize(lock) > 0):
+    assert first.poll() is None and time.time() < deadline, "the first run never took the lock"
+    time.sleep(0.05)
+  second = run_module(*args[1:])
+  _, stderr = first.communicate(timeout=600)
+  assert first.returncode == 0, stderr[-2000:]
+  assert_one_line_error(second, f"pid {first.pid}")
+  keys = [(r["split"], r["step"]) for r in records(run_dir)]
+  assert len(keys) == len(set(keys)) and max(k[1] for k in keys) == 48
+  with workdir.Lock(run_dir):  # released
+    pass
+
+
+def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path, tfds_data_dir, capsys):
+  run_dir = tmp_path / "run"
+  run_dir.mkdir()
+  with open(run_dir / workdir.LOCK_FILE, "w") as f:
+    json.dump({"host": "elsewhere", "pid": 2 ** 22 + 1, "started": "2026-01-01T00:00:00"}, f)
+  train_smoke(run_dir, **{"train.epochs": 1})
+  assert "taking over" in capsys.readouterr().err
+  assert checkpoint_steps(run_dir) == [4]
+
+
+# A full disk.
+
+def _full_disk_at_save(monkeypatch, at_step: int):
+  """Checkpoint saves of `at_step` fail as TensorStore does on a full disk, after leaving a
+  partly written temporary directory."""
+  save = checkpoint.Checkpoints.save
+
+  def failing_save(self, step, *args, **kwargs):
+    if step != at_step:
+      return save(self, step, *args, **kwargs)
+    os.makedirs(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp-1", "state"))
+
+    def write(*a, **k):
+      raise ValueError("RESOURCE_EXHAUSTED: Error writing local file "
+                       f"\"{self.directory}/{step}/state/d/x\": No space left on device")
+
+    monkeypatch.setattr(self._manager, "save", write)
+    return save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoint.Checkpoints, "save", failing_save)
+
+
+def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_resumes_exactly(
+    unet_run, tmp_path, monkeypatch):
+  run_dir = str(tmp_path / "run")
+  _full_disk_at_save(monkeypatch, at_step=8)
+  with pytest.raises(workdir.DiskFullError) as e:
+    train_smoke(run_dir, **UNET_RUN)
+  monkeypatch.undo()
+  message = str(e.value)
+  assert message.startswith("no space left on device writing ")
+  assert f"the last complete checkpoint is step 4 in {run_dir}" in message
+  assert "free space and run the same command to resume" in message
+  assert os.listdir(os.path.join(run_dir, "checkpoints")) == ["4"]  # nothing half-written
+  train_smoke(run_dir, **UNET_RUN)
+  assert comparable(run_dir) == comparable(unet_run)
+  same_final_state(run_dir, unet_run)
+
+
+class _FullFile:
+  """A file whose writes fail with ENOSPC."""
+
+  def __init__(self, f):
+    self._f = f
+
+  def write(self, data):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  def __getattr__(self, name):
+    return getattr(self._f, name)
+
+
+def test_a_full_disk_at_a_log_write_names_the_file_and_resumes_exactly(
+    unet_run, tmp_path, monkeypatch):
+  run_dir = str(tmp_path / "run")
+  write = logs.MetricWriter.write
+
+  def failing_write(self, step, split, metrics, epoch=None):
+    if step == 6:
+      self._file = _FullFile(self._file)
+    return write(self, step, split, metrics, epoch)
+
+  monkeypatch.setattr(logs.MetricWriter, "write", failing_write)
+  with pytest.raises(workdir.DiskFullError) as e:
+    train_smoke(run_dir, **UNET_RUN)
+  monkeypatch.undo()
+  assert str(e.value).startswith(
+      f"no space left on device writing {os.path.join(run_dir, 'metrics.jsonl')}; the last "
+      f"complete checkpoint is step 4 in {os.path.join(run_dir, 'checkpoints')}")
+  train_smoke(run_dir, **UNET_RUN)
+  assert comparable(run_dir) == comparable(unet_run)
+
+
+def test_the_command_reports_a_full_disk_in_one_line_with_its_own_exit_code(tmp_path):
+  """The same failure through the command line: exit 3, one line, no traceback."""
+  script = (
+      "import runpy, sys\n"
+      "from unmix_jax import checkpoint\n"
+      "save = checkpoint.Checkpoints.save\n"
+      "def failing(self, step, *a, **k):\n"
+      "  if step == 8:\n"
+      "    def write(*a, **k):\n"
+      "      raise ValueError('RESOURCE_EXHAUSTED: write failed: No space left on device')\n"
+      "    self._manager.save = write\n"
+      "  return save(self, step, *a, **k)\n"
+      "checkpoint.Checkpoints.save = failing\n"
+      "sys.argv = ['train'] + sys.argv[1:]\n"
+      "runpy.run_module('experiments.train', run_name='__main__')\n")
+  run_dir = tmp_path / "run"
+  result = subprocess.run([sys.executable, "-c", script, "--config=configs/unet.py:smoke",
+                           f"--workdir={run_dir}"], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=600)
+  last = assert_one_line_error(result, "no space left on device", code=3)
+  assert "the last complete checkpoint is step 4" in last
+  assert checkpoint_steps(str(run_dir)) == [4]
+
+
+def test_config_and_summary_writes_on_a_read_only_disk_name_the_file(tmp_path, monkeypatch):
+  import builtins
+
+  real_open = builtins.open
+
+  def read_only(path, mode="r", *a, **k):
+    if "w" in mode:
+      raise OSError(errno.EROFS, "Read-only file system", path)
+    return real_open(path, mode, *a, **k)
+
+  monkeypatch.setattr(builtins, "open", read_only)
+  with pytest.raises(workdir.DiskFullError, match="read-only file system writing .*x.json"):
+    logs.write_json(str(tmp_path / "x.json"), {"a": 1})

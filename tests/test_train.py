@@ -4,8 +4,9 @@ import numpy as np
 import optax
 import pytest
 
-from configs import unet
-from unmix_jax import checkpoint, train
+from tests.conftest import random_images, single_step
+from unmix_jax import checkpoint, evaluation, steps, train
+from unmix_jax.configs import ae, unet, vae
 
 
 def smoke_config(**model):
@@ -14,36 +15,15 @@ def smoke_config(**model):
   return c
 
 
-def random_images(n=16, seed=0):
-  """Blocky images (4x4 random cells, 8x8 pixels each): structure a small net can learn."""
-  cells = np.random.default_rng(seed).integers(0, 256, (n, 4, 4, 3), np.uint8)
-  return jnp.asarray(cells.repeat(8, axis=1).repeat(8, axis=2))
-
-
-def single_step(graphdef, config, tx):
-  """The jitted train step with a fresh metric window each call: (state, images, idx, key) ->
-  (state, this step's metrics)."""
-  step = train.make_train_step(graphdef, config, tx)
-  zeros = None
-
-  def run(state, images, idx, key):
-    nonlocal zeros
-    if zeros is None:
-      zeros = train.zero_window(graphdef, config, tx, state, images, idx, key)
-    return step(state, zeros, images, idx, key)
-
-  return run
-
-
 def test_the_window_sums_the_step_metrics_on_device():
   config = smoke_config()
-  tx = train.make_optimizer(config, 10)
-  graphdef, state = train.create_train_state(config, tx)
+  tx = steps.make_optimizer(config, 10)
+  graphdef, state = steps.create_train_state(config, tx)
   idx = jnp.array([[0, 1], [2, 3]], jnp.int32)
   key = jax.random.PRNGKey(0)
-  window = train.zero_window(graphdef, config, tx, state, random_images(), idx, key)
+  window = steps.zero_window(graphdef, config, tx, state, random_images(), idx, key)
   assert set(window) >= {"loss", "grad_norm", "lr"}
-  step, one = train.make_train_step(graphdef, config, tx), single_step(graphdef, config, tx)
+  step, one = steps.make_train_step(graphdef, config, tx), single_step(graphdef, config, tx)
   state_b = jax.tree.map(jnp.copy, state)
   per_step = []
   for _ in range(3):
@@ -58,8 +38,8 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
   config = smoke_config(features=(16, 32))
   config.train.lr = 3e-3
   config.train.warmup_steps = 0
-  tx = train.make_optimizer(config, 1000)
-  graphdef, state = train.create_train_state(config, tx)
+  tx = steps.make_optimizer(config, 1000)
+  graphdef, state = steps.create_train_state(config, tx)
   step = single_step(graphdef, config, tx)
   images = random_images()
   idx = jnp.array([[i, (i + 1) % 16] for i in range(4)], jnp.int32)
@@ -75,8 +55,8 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
 def test_training_is_deterministic_for_a_seed():
   def run():
     config = smoke_config()
-    tx = train.make_optimizer(config, 10)
-    graphdef, state = train.create_train_state(config, tx)
+    tx = steps.make_optimizer(config, 10)
+    graphdef, state = steps.create_train_state(config, tx)
     step = single_step(graphdef, config, tx)
     idx = jnp.array([[0, 1], [2, 3]], jnp.int32)
     for _ in range(3):
@@ -90,18 +70,17 @@ def test_training_is_deterministic_for_a_seed():
 
 @pytest.mark.parametrize("name", ["unet", "ae", "vae"])
 def test_one_call_of_k_steps_equals_k_calls(name):
-  import importlib
-  config = importlib.import_module(f"configs.{name}").get_config("smoke")
-  tx = train.make_optimizer(config, 10)
-  graphdef, state = train.create_train_state(config, tx)
+  config = {"unet": unet, "ae": ae, "vae": vae}[name].get_config("smoke")
+  tx = steps.make_optimizer(config, 10)
+  graphdef, state = steps.create_train_state(config, tx)
   idx = jnp.array([[[3 * k, 3 * k + 1], [3 * k + 2, 15 - k]] for k in range(3)], jnp.int32)
   key = jax.random.PRNGKey(0)
-  window = train.zero_window(graphdef, config, tx, state, random_images(), idx[0], key)
-  single = train.make_train_step(graphdef, config, tx)
+  window = steps.zero_window(graphdef, config, tx, state, random_images(), idx[0], key)
+  single = steps.make_train_step(graphdef, config, tx)
   state_a, window_a = jax.tree.map(jnp.copy, state), window
   for k in range(3):
     state_a, window_a = single(state_a, window_a, random_images(), idx[k], key)
-  stacked = train.make_train_step(graphdef, config, tx, stacked=True)
+  stacked = steps.make_train_step(graphdef, config, tx, stacked=True)
   state_b, window_b = stacked(state, window, random_images(), idx, key)
   assert int(state_b.step) == 3
   for a, b in zip(jax.tree.leaves((state_a, window_a)), jax.tree.leaves((state_b, window_b))):
@@ -132,12 +111,12 @@ def test_calls_stop_at_log_lines_epoch_ends_and_profiled_steps():
 
 def test_evaluate_pads_the_last_batch_without_changing_results():
   config = smoke_config()
-  tx = train.make_optimizer(config, 10)
-  graphdef, state = train.create_train_state(config, tx)
-  eval_step = train.make_eval_step(graphdef, config)
+  tx = steps.make_optimizer(config, 10)
+  graphdef, state = steps.create_train_state(config, tx)
+  eval_step = steps.make_eval_step(graphdef, config)
   pairs = np.array([[i, (i + 3) % 16] for i in range(11)], np.int32)
-  whole = train.evaluate(eval_step, state, random_images(), pairs, batch_size=11)
-  padded = train.evaluate(eval_step, state, random_images(), pairs, batch_size=4)
+  whole = evaluation.score_pairs(eval_step, state, random_images(), pairs, batch_size=11)
+  padded = evaluation.score_pairs(eval_step, state, random_images(), pairs, batch_size=4)
   assert whole["mse"].shape == (11,)
   for k in whole:
     np.testing.assert_allclose(whole[k], padded[k], rtol=1e-5)
@@ -145,8 +124,8 @@ def test_evaluate_pads_the_last_batch_without_changing_results():
 
 def test_checkpoint_round_trip_and_best_kept(tmp_path):
   config = smoke_config()
-  tx = train.make_optimizer(config, 10)
-  graphdef, state = train.create_train_state(config, tx)
+  tx = steps.make_optimizer(config, 10)
+  graphdef, state = steps.create_train_state(config, tx)
   step = single_step(graphdef, config, tx)
   ckpts = checkpoint.Checkpoints(str(tmp_path), keep=2)
   idx = jnp.array([[0, 1], [2, 3]], jnp.int32)
@@ -156,7 +135,7 @@ def test_checkpoint_round_trip_and_best_kept(tmp_path):
     ckpts.save(i, state, {"epoch": i}, val)
   assert ckpts.steps() == [2, 4, 5]  # the last two plus the best by val loss
   assert ckpts.best_step() == 2
-  _, fresh = train.create_train_state(config, tx)
+  _, fresh = steps.create_train_state(config, tx)
   restored, meta = ckpts.restore_latest(fresh)
   assert meta == {"epoch": 5, "val_loss": 0.35}
   assert int(restored.step) == 5
@@ -168,11 +147,10 @@ def test_checkpoint_round_trip_and_best_kept(tmp_path):
 def test_a_checkpoint_with_nnx_variables_restores_into_the_dict_state(tmp_path):
   """Checkpoints written while TrainState held nnx.State (parameters as nnx.Variable leaves,
   one `value` level deeper on disk) still restore."""
-  from configs import ae
   from flax import nnx
   config = ae.get_config("smoke")
-  tx = train.make_optimizer(config, 10)
-  graphdef, state = train.create_train_state(config, tx)
+  tx = steps.make_optimizer(config, 10)
+  graphdef, state = steps.create_train_state(config, tx)
   state, _ = single_step(graphdef, config, tx)(
       state, random_images(), jnp.array([[0, 1], [2, 3]], jnp.int32), jax.random.PRNGKey(0))
   model = nnx.merge(graphdef, state.params, state.model_state)
@@ -193,7 +171,7 @@ def test_a_checkpoint_with_nnx_variables_restores_into_the_dict_state(tmp_path):
   paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(old)]
   assert sum(p.endswith(".value") for p in paths) == 3 * len(jax.tree.leaves(params)) + len(
       jax.tree.leaves(rest))
-  _, fresh = train.create_train_state(config, tx)
+  _, fresh = steps.create_train_state(config, tx)
   restored, meta = ckpts.restore_latest(fresh)
   assert meta["epoch"] == 1
   assert jax.tree.structure(restored) == jax.tree.structure(state)
@@ -203,10 +181,9 @@ def test_a_checkpoint_with_nnx_variables_restores_into_the_dict_state(tmp_path):
 
 
 def test_batchnorm_statistics_update_in_training_and_are_used_in_eval():
-  from configs import ae
   config = ae.get_config("smoke")
-  tx = train.make_optimizer(config, 10)
-  graphdef, state = train.create_train_state(config, tx)
+  tx = steps.make_optimizer(config, 10)
+  graphdef, state = steps.create_train_state(config, tx)
   before = [np.asarray(x) for x in jax.tree.leaves(state.model_state)]
   step = single_step(graphdef, config, tx)
   idx = jnp.array([[0, 1], [2, 3]], jnp.int32)
@@ -219,7 +196,6 @@ def test_batchnorm_statistics_update_in_training_and_are_used_in_eval():
 def test_a_run_saved_before_a_config_field_existed_still_opens(tmp_path):
   import json
 
-  from configs import vae
   from unmix_jax import runs
   saved = json.loads(vae.get_config("cpu").to_json())
   del saved["train"]["compute_dtype"]
@@ -234,10 +210,73 @@ def test_a_run_saved_before_a_config_field_existed_still_opens(tmp_path):
 def test_clip_by_global_norm_equals_optax(scale):
   grads = {"a": jax.random.normal(jax.random.PRNGKey(0), (3, 4)) * scale,
            "b": jax.random.normal(jax.random.PRNGKey(1), (5,)) * scale}
-  ours, ref = train.clip_by_global_norm(1.0), optax.clip_by_global_norm(1.0)
+  ours, ref = steps.clip_by_global_norm(1.0), optax.clip_by_global_norm(1.0)
   assert jax.tree.structure(ours.init(grads)) == jax.tree.structure(ref.init(grads))
   got, want = ours.update(grads, ours.init(grads))[0], ref.update(grads, ref.init(grads))[0]
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
   assert float(optax.tree.norm(got)) == pytest.approx(min(1.0, float(optax.tree.norm(grads))),
                                                         rel=1e-6)
+
+
+def test_epoch_calls_cover_the_epoch_in_order_with_the_planned_sizes():
+  config = smoke_config()
+  config.train.batch_size, config.train.steps_per_call, config.train.log_every = 2, 3, 4
+  order = np.arange(2 * 2 * 10, dtype=np.int32).reshape(-1, 2)  # 10 steps of 2 pairs
+  calls = list(train.epoch_calls(config, order, 1, mesh=_mesh()))
+  assert [n for n, _ in calls] == [3, 3, 1, 1, 1]  # from step 1; log lines at 4 and 8
+  rows = np.concatenate([np.asarray(idx).reshape(-1, 2) for _, idx in calls])
+  np.testing.assert_array_equal(rows, order[2:])
+  assert [np.asarray(idx).shape for n, idx in calls if n == 3] == [(3, 2, 2)] * 2
+
+
+def _mesh():
+  from unmix_jax import parallel
+  return parallel.make_mesh()
+
+
+def test_the_metric_window_is_read_one_call_late_and_timed_between_arrivals():
+  from unmix_jax import window as window_lib
+
+  zeros = {"loss": jnp.zeros(()), "skipped": jnp.zeros(())}
+  w = window_lib.MetricWindow(zeros)
+  w.add({"loss": jnp.asarray(3.0), "skipped": jnp.asarray(1.0)}, 2)
+  assert w.read() is None  # nothing closed yet
+  w.close(2)
+  assert w.steps == 0 and float(w.sums["loss"]) == 0.0
+  step, means, n, seconds = w.read()
+  assert (step, n) == (2, 2) and seconds >= 0
+  assert means == {"loss": 3.0, "skipped": 1.0}  # over the one applied step; skipped a count
+  assert w.read() is None
+  w.add({"loss": jnp.asarray(1.5), "skipped": jnp.asarray(0.0)}, 3)
+  carried = w.carry()
+  assert carried == {"n": 3, "sums": {"loss": 1.5, "skipped": 0.0}}
+  again = window_lib.MetricWindow(zeros, carried)
+  assert again.steps == 3 and float(again.sums["loss"]) == 1.5
+
+
+def test_a_non_finite_window_names_the_last_good_checkpoint_and_the_fixes():
+  from unmix_jax import window as window_lib
+
+  window_lib.check_finite(0.1, 4, 2, "step 2 in /x", 1e-3)
+  with pytest.raises(window_lib.NonFiniteLossError) as e:
+    window_lib.check_finite(float("nan"), 4, 2, "step 2 in /x", 1e-3)
+  for needle in ("training loss is nan at step 4", "step 2 in /x", "config.train.lr",
+                 "config.train.skip_nonfinite"):
+    assert needle in str(e.value)
+
+
+def test_the_first_signal_is_recorded_and_handlers_are_restored():
+  import os
+  import signal
+
+  from unmix_jax import preemption
+
+  before = signal.getsignal(signal.SIGTERM)
+  with preemption.StopRequests() as stop:
+    assert stop.signum is None
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.signum == signal.SIGTERM
+  assert signal.getsignal(signal.SIGTERM) is before
+  error = preemption.Preempted(signal.SIGTERM, 6, "/w/checkpoints")
+  assert error.exit_code == 128 + signal.SIGTERM and "run the same command" in str(error).lower()
