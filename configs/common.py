@@ -29,12 +29,20 @@ def get_base_config(preset: str | None) -> ml_collections.ConfigDict:
   c.data.num_test_images = 1000
   c.data.num_test_pairs = 5_000
   c.data.test_seed = 0  # fixed: every run is scored on the same unseen pairs
-  c.data.resample_pairs = False
-  c.data.augment = False
+  # Train-split images never trained on, to choose recipes and checkpoints on (0: none; then the
+  # best checkpoint is chosen on val, pairs of the training images).
+  c.data.num_holdout_images = 0
+  c.data.num_holdout_pairs = 0
+  c.data.holdout_seed = 0  # fixed, like test_seed
+  c.data.resample_pairs = False  # fresh training pairs every epoch
+  c.data.stream_pairs = False  # pairs drawn on the device every step: no pair table
+  c.data.augment = False  # left-right flips of each image before mixing
+  c.data.translate = 0  # random shifts of each image by up to this many pixels (reflected)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = ""
-  c.model.mixture_consistent = True
+  c.model.mixture_consistent = True  # outputs (m + d, m - d): they average to the mixture
+  c.model.bounded = False  # d = tanh(y) * min(m, 1 - m): both outputs inside [0, 1]
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64
@@ -51,6 +59,7 @@ def get_base_config(preset: str | None) -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 500
   c.train.keep_checkpoints = 3
   c.train.skip_nonfinite = False  # True: drop updates with a non-finite loss or gradient
+  c.train.ema_decay = 0.0  # > 0: evaluate a moving average of the weights (e.g. 0.999)
   # "bfloat16": activations and matmuls in bf16; parameters and optimizer state stay float32.
   c.train.compute_dtype = "float32"
   # How convs are computed: "onednn" (oneDNN's CPU convolutions, needs g++ and oneDNN 3),
@@ -58,6 +67,10 @@ def get_base_config(preset: str | None) -> ml_collections.ConfigDict:
   # "auto" (onednn where it builds, else cpu; xla off the CPU). Parameters are the same either
   # way, so checkpoints move between them.
   c.train.conv_impl = "auto"
+
+  c.eval = ml_collections.ConfigDict()
+  # Average the outputs for the mixture and its mirror image (matched by the better assignment).
+  c.eval.flip_average = False
 
   c.profile = ml_collections.ConfigDict()
   c.profile.start_step = -1  # >= 0: trace the num_steps steps after this one (workdir/profile)

@@ -7,6 +7,11 @@ def get_config(preset=None):
   c = common.get_base_config(preset)
   c.model.name = "unet"
   c.model.features = (38, 76, 152, 304, 608)
+  c.model.block = "double_conv"  # the reference; "residual": group norm + SiLU residual blocks
+  c.model.blocks_per_level = 1  # residual blocks per level ("residual" only)
+  c.model.norm = "group"  # "group" (group norm, SiLU) or "batch" (BatchNorm, ReLU); "residual"
+  c.model.norm_groups = 8  # group norm groups ("residual" only)
+  c.model.attention_levels = 0  # self-attention at this many lowest resolutions ("residual")
   if c.preset == "cpu":
     c.model.features = (16, 32, 64, 128)
     c.train.epochs = 5

@@ -18,11 +18,10 @@ dataset (random uint8 images).
 import json
 
 from absl import flags, logging
-from ml_collections import config_flags
 
 from unmix_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/unet.py", "Config file[:preset].")
+_CONFIG = cli.define_config("configs/unet.py")
 _STEPS = flags.DEFINE_integer("steps", 10, "Train steps per timed repeat.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (min / median / max over them).")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.")

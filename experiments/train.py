@@ -9,11 +9,10 @@ Running the same command again with the same workdir resumes from the latest che
 import os
 
 from absl import flags, logging
-from ml_collections import config_flags
 
 from unmix_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/unet.py:cpu", "Config file[:preset].")
+_CONFIG = cli.define_config("configs/unet.py:cpu")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory; default runs/<config file>-<preset>.")
 

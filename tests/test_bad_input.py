@@ -134,6 +134,7 @@ ENTRY_POINT_MISTAKES = [
     ("experiments.evaluate", ["--workdir=x", "--checkpoint=first"], "--checkpoint"),
     ("experiments.compare", ["--preset=gpu"], "--preset"),
     ("experiments.sample", ["--workdir=x", "--num=lots"], "--num"),
+    ("experiments.separate", ["--workdir=x", "--num=0"], "--num"),
 ]
 
 

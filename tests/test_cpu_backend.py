@@ -260,25 +260,27 @@ def test_onednn_equals_lax_in_value_and_gradients(op, shape):
                                                 (2, 16, 16, 76, 38, 38)])
 def test_the_composed_up_level_equals_up_sampling_concatenation_and_conv(b, h, w, cin, c, cout):
   keys = jax.random.split(jax.random.PRNGKey(0), 6)
+  x = jax.random.normal(keys[0], (b, h, w, cin))
+  skip = jax.random.normal(keys[1], (b, 2 * h, 2 * w, c))
+  k_up, b_up = jax.random.normal(keys[2], (2, 2, cin, c)), jax.random.normal(keys[3], (c,))
+  k_conv, b_conv = (jax.random.normal(keys[4], (3, 3, 2 * c, cout)),
+                    jax.random.normal(keys[5], (cout,)))
+
+  def stock(x, skip, k_up, k_conv):
+    y = stock_conv_transpose((2, 2))(x, k_up) + b_up
+    return stock_conv((1, 1))(jnp.concatenate([y, skip], -1), k_conv) + b_conv
+
+  composed = lambda x, skip, k_up, k_conv: up_conv.composed(x, skip, k_up, b_up, k_conv, b_conv)
+  args = (x, skip, k_up, k_conv)
+  assert_same(value_and_grads(composed, *args), value_and_grads(stock, *args))
+  # The CPU layers' up_concat_conv takes this path for such a level.
   layers = cpu.layers("onednn")
   up = layers.conv_transpose(cin, c, (2, 2), strides=(2, 2), rngs=nnx.Rngs(0))
   conv = layers.conv(2 * c, cout, (3, 3), rngs=nnx.Rngs(1))
-  up.bias[...] = jax.random.normal(keys[3], (c,))
-  conv.bias[...] = jax.random.normal(keys[5], (cout,))
-  x = jax.random.normal(keys[0], (b, h, w, cin))
-  skip = jax.random.normal(keys[1], (b, 2 * h, 2 * w, c))
-  assert up_conv.used(x.shape, up.kernel.shape, (2, 2), x.dtype)
-
-  def composed(x, skip, k_up, k_conv):
-    up.kernel[...], conv.kernel[...] = k_up, k_conv
-    return up_conv.up_concat_conv(up, conv, x, skip)
-
-  def stock(x, skip, k_up, k_conv):
-    y = stock_conv_transpose((2, 2))(x, k_up) + up.bias[...]
-    return stock_conv((1, 1))(jnp.concatenate([y, skip], -1), k_conv) + conv.bias[...]
-
-  args = (x, skip, up.kernel[...], conv.kernel[...])
-  assert_same(value_and_grads(composed, *args), value_and_grads(stock, *args))
+  up.kernel[...], up.bias[...], conv.kernel[...], conv.bias[...] = k_up, b_up, k_conv, b_conv
+  assert up_conv.used(x.shape, k_up.shape, (2, 2), x.dtype)
+  np.testing.assert_array_equal(up_conv.up_concat_conv(up, conv, x, skip),
+                                composed(x, skip, k_up, k_conv))
 
 
 @ONEDNN

@@ -65,8 +65,8 @@ def test_same_seed_same_pairs_and_test_set_independent_of_seed():
 def fake_pair_data(cfg, seed=0):
   p = data.make_pairs(cfg, seed)
   images = np.zeros((cfg.num_images, 32, 32, 3), np.uint8)
-  return data.PairData(images, images[:cfg.num_test_images], p["train"], p["val"], p["test"],
-                       p["val_linear"])
+  return data.PairData(images, images[:cfg.num_test_images], images[:cfg.num_holdout_images],
+                       p["train"], p["val"], p["test"], p["holdout"], p["val_linear"])
 
 
 def test_epoch_order_is_a_seeded_permutation_of_the_training_pairs():
@@ -98,10 +98,41 @@ def test_resampled_pairs_never_include_val_pairs():
     ("num_train_pairs", 10_000, "num_train_pairs"),
     ("num_test_pairs", 10_000, "num_test_pairs"),
     ("num_val_pairs", 0, "num_val_pairs"),
+    ("num_holdout_images", 10, "num_holdout_pairs"),
+    ("translate", 17, "config.data.translate"),
+    ("resample_pairs", True, "config.data.stream_pairs"),
 ])
 def test_impossible_sizes_name_the_field(field, value, needle):
+  cfg = small_cfg(**{field: value})
+  if field == "resample_pairs":
+    cfg.stream_pairs = True
   with pytest.raises(data.DataError, match=needle):
-    data.check_sizes(small_cfg(**{field: value}))
+    data.check_sizes(cfg)
+
+
+def test_the_holdout_split_is_fixed_and_never_trained_on():
+  cfg = small_cfg(num_images=40, num_holdout_images=30, num_holdout_pairs=50)
+  a, b = data.make_pairs(cfg, seed=0), data.make_pairs(cfg, seed=1)
+  np.testing.assert_array_equal(a["holdout_ids"], b["holdout_ids"])  # fixed by holdout_seed
+  np.testing.assert_array_equal(a["holdout"], b["holdout"])
+  for p in (a, b):
+    assert not set(p["holdout_ids"].tolist()) & set(p["train_ids"].tolist())
+    assert len(as_set(p["holdout"])) == 50 and p["holdout"].max() < 30
+  without = data.make_pairs(small_cfg(num_images=40), seed=0)
+  assert len(without["holdout"]) == 0  # the study's protocol: no images set aside...
+  np.testing.assert_array_equal(  # ...and the same training images as before there was one
+      without["train_ids"], np.sort(np.random.default_rng([0, 0]).choice(50_000, 40, replace=False)))
+
+
+def test_streamed_pairs_are_uniform_distinct_and_leave_no_epoch_table():
+  idx = np.asarray(data.draw_pairs(jax.random.PRNGKey(0), 20_000, 7))
+  assert idx.dtype == np.int32 and idx.shape == (20_000, 2)
+  assert np.all(idx[:, 0] != idx[:, 1]) and idx.min() == 0 and idx.max() == 6
+  counts = np.bincount(idx[:, 0] * 7 + idx[:, 1], minlength=49).reshape(7, 7)
+  off_diagonal = counts[~np.eye(7, dtype=bool)]
+  assert off_diagonal.min() > 0.8 * 20_000 / 42 and off_diagonal.max() < 1.2 * 20_000 / 42
+  cfg = small_cfg(stream_pairs=True)
+  assert data.epoch_pairs(fake_pair_data(cfg), cfg, 0, 0) is None
 
 
 def test_mix_batch_averages_and_scales():
@@ -123,3 +154,19 @@ def test_augment_flips_images_left_right():
   is_flipped = np.all(np.isclose(flipped, plain), axis=(1, 2, 3))
   assert np.all(is_plain | is_flipped)
   assert 10 < is_flipped.sum() < 54
+
+
+def test_translation_shifts_each_image_and_keeps_the_mixture_exact():
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), np.uint8))
+  idx = jnp.tile(jnp.array([[0, 1]], jnp.int32), (64, 1))
+  m, x1, x2 = data.mix_batch(images, idx, jax.random.PRNGKey(0), flip=False, translate=2)
+  np.testing.assert_array_equal(m, (x1 + x2) / 2)
+  plain = np.asarray(images[0] / 255.0, np.float32)
+  # Each output is the image shifted by (dy, dx) in [-2, 2]: its interior matches a window.
+  shifts = set()
+  for k in range(64):
+    found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+             if np.allclose(np.asarray(x1[k])[2:-2, 2:-2], plain[2 + dy:30 + dy, 2 + dx:30 + dx])]
+    assert found, k
+    shifts.add(found[0])
+  assert len(shifts) > 10

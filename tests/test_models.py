@@ -13,18 +13,22 @@ REFERENCE_PARAMS = {"unet": 10_809_638, "ae": 161_190, "vae": 161_190}
 
 
 def param_count(model, kind=nnx.Variable):
-  return sum(x.size for x in jax.tree.leaves(nnx.state(model, kind)))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, kind)))
+
+
+def abstract_model(model_cfg):
+  """The model's structure and shapes, without computing its initial values."""
+  return nnx.eval_shape(lambda: models.build(model_cfg, 0))
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_default_parameter_count_within_5_percent_of_reference(name):
-  model = models.build(CONFIGS[name].get_config().model, 0)
-  n = param_count(model, (nnx.Param, nnx.BatchStat))
+  n = param_count(abstract_model(CONFIGS[name].get_config().model), (nnx.Param, nnx.BatchStat))
   assert abs(n / REFERENCE_PARAMS[name] - 1) < 0.05, n
 
 
 def test_ae_has_batchnorm_statistics_like_the_reference():
-  model = models.build(ae.get_config().model, 0)
+  model = abstract_model(ae.get_config().model)
   # The reference summary lists 768 non-trainable parameters (BatchNorm mean and variance).
   assert 600 <= param_count(model, nnx.BatchStat) <= 900
 
@@ -34,11 +38,14 @@ def test_ae_has_batchnorm_statistics_like_the_reference():
 def test_every_config_preset_builds_and_runs(name, preset):
   config = CONFIGS[name].get_config(preset)
   assert config.model.name == name and config.preset == (preset or "default")
-  model = models.build(config.model, 0)
   m = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 3))
-  x1_hat, x2_hat, aux = model(m, train=True, key=jax.random.PRNGKey(1))
+  run = lambda model, m: model(m, train=True, key=jax.random.PRNGKey(1))
+  if preset is None:  # the GPU-sized models: shapes only
+    x1_hat, x2_hat, aux = nnx.eval_shape(run, abstract_model(config.model), m)
+  else:
+    x1_hat, x2_hat, aux = nnx.jit(run)(models.build(config.model, 0), m)
+    assert bool(jnp.all(jnp.isfinite(x1_hat)) & jnp.all(jnp.isfinite(x2_hat)))
   assert x1_hat.shape == x2_hat.shape == (2, 32, 32, 3)
-  assert bool(jnp.all(jnp.isfinite(x1_hat)) & jnp.all(jnp.isfinite(x2_hat)))
   assert set(aux) == ({"mu", "logvar"} if name == "vae" else set())
 
 
@@ -160,3 +167,49 @@ def test_model_files_know_no_backend():
   for name in ("unet.py", "ae.py", "vae.py", "conv_stacks.py"):
     text = (folder / name).read_text()
     assert not re.search(r"onednn|\bimpl\b|conv_impl", text, re.IGNORECASE), name
+
+
+def residual_cfg(**fields):
+  cfg = unet.get_config("smoke").model
+  cfg.update(dict(block="residual", features=(8, 16, 16)), **fields)
+  return cfg
+
+
+@pytest.mark.parametrize("attention_levels,blocks", [(0, 1), (2, 2)])
+def test_the_residual_unet_starts_at_the_mixture_and_trains(attention_levels, blocks):
+  cfg = residual_cfg(attention_levels=attention_levels, blocks_per_level=blocks)
+  model = models.build(cfg, 0)
+  params = nnx.state(model, nnx.Param)
+  assert ("attention" in str(jax.tree_util.tree_structure(params))) == (attention_levels > 0)
+  m = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  x1_hat, x2_hat, aux = jax.jit(lambda m: model(m))(m)
+  assert x1_hat.shape == (2, 32, 32, 3) and aux == {}
+  np.testing.assert_array_equal(x1_hat, m)  # zero head: the mixture baseline at first
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p, rest)(m)[0] ** 2 * m))(params)
+  assert float(jnp.sum(jnp.abs(grads["head"]["kernel"]))) > 0
+
+
+@pytest.mark.parametrize("field,value", [("block", "dense"), ("norm_groups", 0),
+                                         ("attention_levels", 4), ("blocks_per_level", 0)])
+def test_the_unet_rejects_bad_block_settings(field, value):
+  with pytest.raises(ValueError, match=f"config.model.{field}"):
+    models.build(residual_cfg(**{field: value}), 0)
+
+
+def test_flip_averaging_makes_the_separation_mirror_symmetric():
+  from unmix_jax import metrics, steps
+
+  config = unet.get_config("smoke")
+  config.model.features = (8, 16)
+  config.eval.flip_average = True
+  model = models.build(config.model, 0)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  separate = jax.jit(steps.make_separate(graphdef, config))
+  m = jax.random.uniform(jax.random.PRNGKey(0), (3, 32, 32, 3))
+  a1, a2, _ = separate(params, rest, m)
+  b1, b2, _ = separate(params, rest, m[:, :, ::-1])
+  b1, b2 = metrics.best_assignment(b1[:, :, ::-1], b2[:, :, ::-1], a1, a2)
+  np.testing.assert_allclose(b1, a1, atol=1e-5)
+  np.testing.assert_allclose(b2, a2, atol=1e-5)
+  np.testing.assert_allclose((a1 + a2) / 2, m, atol=1e-6)  # still mixture-consistent

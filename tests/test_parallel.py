@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tests.conftest import ROOT, random_images, records, single_step
-from unmix_jax import checkpoint, runs, steps
+from tests.conftest import ROOT, random_images, records, single_step, train_smoke
+from unmix_jax import runs, steps
 from unmix_jax.configs import unet
 
-# The first two epochs of the shared run (tests/conftest.py), on two simulated devices, with
-# the shards of one index batch.
+# A smoke run on two simulated devices (where 'auto' picks the matrix-product convs), with the
+# shards of one index batch.
 TWO_DEVICE_RUN = """
 import json, sys
 import numpy as np
@@ -23,30 +23,28 @@ from tests.conftest import train_smoke
 mesh = parallel.make_mesh()
 x = parallel.shard_batch(np.zeros((16, 2), np.int32), mesh)
 print(json.dumps([list(s.data.shape) for s in x.addressable_shards]))
-train_smoke(sys.argv[1], **{"train.epochs": 2})
+train_smoke(sys.argv[1])
 """
 
 
-def test_two_devices_match_one_device(unet_run, tmp_path, tfds_data_dir):
-  two = str(tmp_path / "two")
+def test_two_devices_match_one_device(tmp_path, tfds_data_dir):
+  one, two = str(tmp_path / "one"), str(tmp_path / "two")
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
   out = subprocess.run([sys.executable, "-c", TWO_DEVICE_RUN, two], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   assert json.loads(out.stdout.splitlines()[0]) == [[8, 2], [8, 2]]  # the batch is split
-  assert "data parallel over 2 devices" in out.stdout
-  one = [r for r in records(unet_run) if r["step"] <= 8]
-  assert [(r["split"], r["step"]) for r in one] == [(r["split"], r["step"]) for r in records(two)]
-  for a, b in zip(one, records(two)):
+  assert "data parallel over 2 devices" in out.stdout and "convs as cpu (auto)" in out.stdout
+  train_smoke(one, **{"train.conv_impl": "cpu"})  # the same convs on one device
+  assert [(r["split"], r["step"]) for r in records(one)] == [
+      (r["split"], r["step"]) for r in records(two)]
+  for a, b in zip(records(one), records(two)):
     for key in ("loss", "mse", "psnr"):
       if key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=1e-5, err_msg=f"{a['split']} {key}")
-  _, _, state_two, step = runs.restore(two, "latest")
-  assert step == 8
-  ckpts = checkpoint.Checkpoints(unet_run)
-  state_one, _ = ckpts.restore(8, state_two)
-  ckpts.close()
+  _, _, state_one, _ = runs.restore(one, "latest")
+  _, _, state_two, _ = runs.restore(two, "latest")
   for a, b in zip(jax.tree.leaves(state_one.params), jax.tree.leaves(state_two.params)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 

@@ -137,7 +137,7 @@ def test_checkpoint_round_trip_and_best_kept(tmp_path):
   assert ckpts.best_step() == 2
   _, fresh = steps.create_train_state(config, tx)
   restored, meta = ckpts.restore_latest(fresh)
-  assert meta == {"epoch": 5, "val_loss": 0.35}
+  assert meta == {"epoch": 5, "select_loss": 0.35}
   assert int(restored.step) == 5
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
     np.testing.assert_array_equal(a, b)
@@ -222,12 +222,16 @@ def test_clip_by_global_norm_equals_optax(scale):
 def test_epoch_calls_cover_the_epoch_in_order_with_the_planned_sizes():
   config = smoke_config()
   config.train.batch_size, config.train.steps_per_call, config.train.log_every = 2, 3, 4
+  config.data.num_train_pairs = 20
   order = np.arange(2 * 2 * 10, dtype=np.int32).reshape(-1, 2)  # 10 steps of 2 pairs
   calls = list(train.epoch_calls(config, order, 1, mesh=_mesh()))
   assert [n for n, _ in calls] == [3, 3, 1, 1, 1]  # from step 1; log lines at 4 and 8
   rows = np.concatenate([np.asarray(idx).reshape(-1, 2) for _, idx in calls])
   np.testing.assert_array_equal(rows, order[2:])
   assert [np.asarray(idx).shape for n, idx in calls if n == 3] == [(3, 2, 2)] * 2
+  config.data.stream_pairs = True  # the steps draw their own pairs: only the sizes
+  assert list(train.epoch_calls(config, None, 1, mesh=_mesh())) == [
+      (3, None), (3, None), (1, None), (1, None), (1, None)]
 
 
 def _mesh():
@@ -280,3 +284,29 @@ def test_the_first_signal_is_recorded_and_handlers_are_restored():
   assert signal.getsignal(signal.SIGTERM) is before
   error = preemption.Preempted(signal.SIGTERM, 6, "/w/checkpoints")
   assert error.exit_code == 128 + signal.SIGTERM and "run the same command" in str(error).lower()
+
+
+def test_the_moving_average_follows_the_weights_and_is_what_evaluation_reads():
+  config = smoke_config()
+  config.train.ema_decay = 0.5
+  tx = steps.make_optimizer(config, 10)
+  graphdef, state = steps.create_train_state(config, tx)
+  assert steps.eval_params(state) is state.ema_params
+  step = single_step(graphdef, config, tx)
+  idx = jnp.array([[0, 1], [2, 3]], jnp.int32)
+  history = [jax.device_get(state.params)]  # the step donates the state it is given
+  for _ in range(3):
+    state, _ = step(state, random_images(), idx, jax.random.PRNGKey(0))
+    history.append(jax.device_get(state.params))
+  # rate_t = min(0.5, (1 + t) / (10 + t)) = 0.1, 2/11, 0.25 for t = 0, 1, 2.
+  want = history[0]
+  for t, params in enumerate(history[1:]):
+    rate = min(0.5, (1 + t) / (10 + t))
+    want = jax.tree.map(lambda e, p: rate * e + (1 - rate) * p, want, params)
+  for a, b in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.ema_params),
+                                                      jax.tree.leaves(state.params)))
+  config.train.ema_decay = 0.0
+  _, plain = steps.create_train_state(config, tx)
+  assert plain.ema_params is None and steps.eval_params(plain) is plain.params

@@ -1,8 +1,9 @@
 """Orbax checkpoints of the train state: the only module that touches Orbax.
 
 Layout: `workdir/checkpoints/<step>/{state,meta}`. `state` is the TrainState pytree; `meta` is JSON
-(model config, epoch, val loss) so a workdir can be checked against a config before restoring.
-Kept: the last `keep` checkpoints plus the one with the lowest val loss.
+(model config, epoch, the loss checkpoints are chosen on) so a workdir can be checked against a
+config before restoring. Kept: the last `keep` checkpoints plus the best one: the lowest holdout
+loss where the run has a holdout split, else the lowest val loss.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from unmix_jax import configs
 from unmix_jax.workdir import DiskFullError, disk_writes
 
 
@@ -87,7 +89,8 @@ class CheckpointError(RuntimeError):
 
 
 def _val_score(metrics) -> float:
-  return -float(metrics["val_loss"])  # BestN keeps the highest score.
+  # BestN keeps the highest score; checkpoints written before the holdout split call it val_loss.
+  return -float(metrics.get("select_loss", metrics.get("val_loss")))
 
 
 def _describe(e: Exception) -> str:
@@ -102,7 +105,7 @@ class Checkpoints:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
-            # A checkpoint saved mid-epoch (preemption) has no val loss; only LatestN keeps it.
+            # A checkpoint saved mid-epoch (preemption) has no loss; only LatestN keeps it.
             policies.BestN(get_metric_fn=_val_score, n=1, keep_checkpoints_without_metrics=False),
         ]),
         # Synchronous: when save() returns the step is on disk, so a stop right after loses nothing.
@@ -118,25 +121,27 @@ class Checkpoints:
     return self._manager.latest_step()
 
   def best_step(self) -> int | None:
-    """The kept step with the lowest val loss (as saved in its meta); mid-epoch checkpoints,
+    """The kept step with the lowest selection loss (as saved in its meta); mid-epoch checkpoints,
     which have none, only when nothing else is kept."""
     scored = []
     for s in self.steps():
-      val = self.read_meta(s).get("val_loss")
+      meta = self.read_meta(s)
+      val = meta.get("select_loss", meta.get("val_loss"))
       scored.append((val is None, val if val is not None else 0.0, s))
     return min(scored)[2] if scored else None
 
-  def save(self, step: int, state, meta: dict, val_loss: float | None) -> None:
-    """Writes step `step`; `val_loss` (None mid-epoch) ranks it for keeping and joins its meta.
+  def save(self, step: int, state, meta: dict, select_loss: float | None) -> None:
+    """Writes step `step`; `select_loss` (the loss the best checkpoint is chosen on: holdout,
+    else val; None mid-epoch) ranks it for keeping and joins its meta.
     On a full disk: workdir.DiskFullError, with what was written of this step removed."""
-    meta = dict(meta, val_loss=None if val_loss is None else float(val_loss))
+    meta = dict(meta, select_loss=None if select_loss is None else float(select_loss))
     try:
       with _quiet_stderr(), disk_writes(os.path.join(self.directory, str(step))):
         self._manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                     meta=ocp.args.JsonSave(meta)),
-            metrics=None if val_loss is None else {"val_loss": float(val_loss)},
+            metrics=None if select_loss is None else {"select_loss": float(select_loss)},
             force=True,
         )
         self._manager.wait_until_finished()
@@ -213,7 +218,7 @@ class Checkpoints:
         except Exception as e:  # Orbax raises many types for damaged files.
           failures.append((step, _describe(e)))
           continue
-        if saved is not None and saved != model:
+        if saved is not None and configs.complete_model(saved) != model:
           raise CheckpointError(
               f"checkpoint step {step} in {self.directory} belongs to another model "
               f"({saved.get('name')} {saved}); use a new --workdir or that model's config.")

@@ -108,17 +108,27 @@ def check_config_args(argv: list[str], default: str) -> None:
     _check_value(arg, field, current, text)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  config_flag = flags.FLAGS["config"] if "config" in flags.FLAGS else None
+def define_config(default: str):
+  """`--config=path[:preset]` (and its `--config.<field>=` overrides), as
+  `config_flags.DEFINE_config_file` defines it, which already reads the command line: its
+  mistakes are checked first and end in one line."""
+  from ml_collections import config_flags
+
   try:
-    if config_flag is not None:
-      check_config_args(argv, config_flag.default_as_str.strip("'\""))
-    return flags.FLAGS(argv)
+    check_config_args(sys.argv, default)
+    return config_flags.DEFINE_config_file("config", default, "Config file[:preset].")
   except UsageError as e:
     fail(str(e))
+  except Exception as e:  # noqa: BLE001 - a config file that fails in its own way
+    fail(f"--config: {type(e).__name__}: {str(e).strip().splitlines()[0]}")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
   except flags.Error as e:
     fail(str(e).strip().splitlines()[0] + " (--helpshort lists the flags)")
-  except Exception as e:  # noqa: BLE001 - a config file that fails in its own way
+  except Exception as e:  # noqa: BLE001 - a config override that fails in its own way
     fail(f"bad command line: {type(e).__name__}: {str(e).strip().splitlines()[0]}")
 
 

@@ -93,7 +93,7 @@ def _pictures(results_dir: str, rows: list[dict]) -> None:
       pair_data = data.load(config)
       m, x1, x2 = data.mix_batch(jnp.asarray(pair_data.test_images),
                                  pair_data.test_pairs[:NUM_PICTURES])
-    x1_hat, x2_hat = steps.make_predict(graphdef)(state.params, state.model_state, m)
+    x1_hat, x2_hat = steps.make_predict(graphdef, config)(state, m)
     x1_hat, x2_hat = metrics.best_assignment(x1_hat, x2_hat, x1, x2)
     outputs.append((f"{row['model']}/{row['loss']}", x1_hat, x2_hat))
   plotting.compare_reconstructions(os.path.join(results_dir, "reconstructions.png"), m, x1, x2,
@@ -134,7 +134,7 @@ def write_report(preset: str, results_dir: str, rows: list[dict]) -> None:
 Made by `python -m experiments.compare --preset={preset} --results_dir={results_dir}` on
 {platform.machine()} with {os.cpu_count()} CPU cores, jax {jax.__version__} ({jax.default_backend()}).
 
-Each run is scored at its best checkpoint (lowest val loss). Test = {n_test} pairs of unseen
+Each run is scored at its best checkpoint (lowest holdout loss, else val loss). Test = {n_test} pairs of unseen
 CIFAR-10 test images; val = {n_val} held-out pairs of the training images (seen images).
 MSE under the better assignment; PSNR per image, then averaged; SSIM per image (dm-pix, 11x11
 Gaussian window), averaged; outputs clipped to [0, 1]. Brackets: {evaluation.NUM_BOOTSTRAP}-resample

@@ -10,7 +10,7 @@ import os
 
 import jax
 
-from unmix_jax import backend, data, losses, models
+from unmix_jax import backend, configs, data, losses, models
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -63,6 +63,10 @@ def validate(config) -> None:
     backend.resolve(t.conv_impl)  # 'onednn' builds its library here, before any run starts
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  _require(0.0 <= t.ema_decay < 1.0,
+           f"config.train.ema_decay={t.ema_decay} must be in [0, 1) (0: no moving average).")
+  _require(isinstance(config.eval.flip_average, bool),
+           f"config.eval.flip_average={config.eval.flip_average!r} must be True or False.")
   _require(config.profile.num_steps >= 1,
            f"config.profile.num_steps={config.profile.num_steps} must be >= 1.")
 
@@ -81,7 +85,8 @@ def check_workdir(workdir: str, config) -> None:
   saved = os.path.join(workdir, "config.json")
   if os.path.exists(saved):
     with open(saved) as f:
-      previous = json.load(f).get("model", {})
+      saved_config = json.load(f)
+    previous = configs.complete_model(saved_config.get("model", {}), saved_config.get("preset"))
     current = json.loads(config.model.to_json())
     if previous != current:
       diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))

@@ -8,17 +8,16 @@ interval is much narrower than the two separate intervals suggest.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 import numpy as np
 
-from unmix_jax import data, parallel, runs, steps
+from unmix_jax import data, logs, parallel, runs, steps
 
 NUM_BOOTSTRAP = 1000
 METRICS = ("mse", "psnr", "ssim")
-SPLITS = {"test": "unseen images", "val": "seen images"}
+SPLITS = {"test": "unseen images", "holdout": "unseen, for choosing", "val": "seen images"}
 
 
 def score_pairs(eval_step, state, images, pairs: np.ndarray, batch_size: int,
@@ -41,7 +40,7 @@ def score_pairs(eval_step, state, images, pairs: np.ndarray, batch_size: int,
       idx = np.concatenate([idx, np.resize(pairs, (pad, 2))])
     if mesh is not None:
       idx = parallel.shard_batch(idx, mesh)
-    chunks.append(eval_step(state.params, state.model_state, images, idx))
+    chunks.append(eval_step(steps.eval_params(state), state.model_state, images, idx))
   per_pair = jax.device_get(chunks)
   return {k: np.concatenate([c[k] for c in per_pair])[:n] for k in per_pair[0]}
 
@@ -78,23 +77,21 @@ def describe(per_pair: dict[str, np.ndarray]) -> dict[str, dict]:
 
 
 def evaluate_run(workdir: str, which: str = "best") -> dict:
-  """Restores the run's best (lowest val loss) checkpoint, scores val and test pairs, writes
-  `workdir/eval.json` and returns its content."""
+  """Restores the run's best checkpoint (`Checkpoints.best_step`) or its latest, scores its
+  splits (test, val, and holdout where the run has one), writes `workdir/eval.json` and returns
+  its content."""
   config, graphdef, state, step = runs.restore(workdir, which)
   pair_data = data.load(config)
   eval_step = steps.make_eval_step(graphdef, config)
-  sets = {"test": (pair_data.test_images, pair_data.test_pairs),
-          "val": (pair_data.train_images, pair_data.val_pairs)}
   result = {"workdir": os.path.abspath(workdir), "model": config.model.name, "loss": config.loss,
             "preset": config.preset, "checkpoint_step": step,
             "params": steps.count_params(state.params),
             "intervals": f"95% percentile bootstrap over pairs, {NUM_BOOTSTRAP} resamples",
             "psnr": "per image, averaged over images and pairs; outputs clipped to [0, 1]"}
-  for split, (images, pairs) in sets.items():
+  for split, (images, pairs) in pair_data.eval_splits().items():
     per_pair = score_pairs(eval_step, state, images, pairs, config.train.eval_batch_size)
     result[split] = describe(per_pair)
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(result, f, indent=2)
+  logs.write_json(os.path.join(workdir, "eval.json"), result)
   return result
 
 
@@ -109,6 +106,8 @@ def table(result: dict) -> str:
            f"checkpoint step {result['checkpoint_step']}); 95% bootstrap intervals"]
   lines.append(f"{'split':<24}{'':<10}{'MSE':<28}{'PSNR dB':<26}{'SSIM':<24}")
   for split, words in SPLITS.items():
+    if split not in result:
+      continue
     r = result[split]
     for who, prefix in (("model", ""), ("baseline", "baseline_")):
       label = f"{split} ({words})" if who == "model" else ""

@@ -134,3 +134,31 @@ def compare_curves(path: str, runs: dict, title: str = "") -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def separation_panel(path: str, result, title: str = "") -> None:
+  """One row per mixture: the mixture, the two outputs, and where known the two originals, with
+  each output's PSNR against its original. `result`: a `separation.Separation`."""
+  known = result.x1 is not None
+  columns = ["mixture", "output 1", "output 2"] + (["original 1", "original 2"] if known else [])
+  rows = len(result.mixture)
+  fig, axes = plt.subplots(rows, len(columns), figsize=(1.9 * len(columns), 1.9 * rows + 0.4),
+                           squeeze=False)
+  for r in range(rows):
+    images = [result.mixture[r], result.out1[r], result.out2[r]]
+    if known:
+      images += [result.x1[r], result.x2[r]]
+    for c, image in enumerate(images):
+      ax = axes[r, c]
+      ax.imshow(np.clip(np.asarray(image), 0, 1), interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      label = columns[c] if r == 0 else ""
+      if known and c in (1, 2):
+        label = f"{label}\n{result.psnr[r, c - 1]:.1f} dB".strip()
+      ax.set_title(label, fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

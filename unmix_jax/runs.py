@@ -29,7 +29,8 @@ def load_config(workdir: str):
 def restore(workdir: str, which: str = "best"):
   """(config, graphdef, state, step) of the run in `workdir`.
 
-  which: "best" (lowest val loss among kept checkpoints) or "latest".
+  which: "best" (`Checkpoints.best_step`: lowest holdout, else val, loss among kept
+  checkpoints) or "latest".
   """
   config = load_config(workdir)
   tx = steps.make_optimizer(config, steps.steps_per_epoch(config) * config.train.epochs)

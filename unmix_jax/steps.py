@@ -29,6 +29,14 @@ class TrainState:
   params: dict  # trainable parameters (nnx.Param)
   model_state: dict  # everything else the model carries, e.g. BatchNorm statistics
   opt_state: optax.OptState
+  # An exponential moving average of `params` (config.train.ema_decay > 0), which evaluation,
+  # checkpoint choice and pictures use; None without.
+  ema_params: dict | None = None
+
+
+def eval_params(state: TrainState) -> dict:
+  """The parameters evaluation uses: the moving average where the run keeps one."""
+  return state.params if state.ema_params is None else state.ema_params
 
 
 def steps_per_epoch(config) -> int:
@@ -74,8 +82,9 @@ def create_train_state(config, tx) -> tuple[nnx.GraphDef, TrainState]:
   model = models.build(config.model, config.seed, layers)
   graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
   params, model_state = nnx.to_pure_dict(params), nnx.to_pure_dict(model_state)
+  ema = jax.tree.map(jnp.array, params) if config.train.ema_decay > 0 else None
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-                     opt_state=tx.init(params))
+                     opt_state=tx.init(params), ema_params=ema)
   return graphdef, state
 
 
@@ -95,11 +104,17 @@ def model_summary(config, state: TrainState) -> str:
 
 
 def _step_function(graphdef, config, tx) -> Callable:
+  d = config.data
+
   def train_step(state: TrainState, images, idx, key):
-    """images uint8 [N, 32, 32, 3]; idx int32 [B, 2]; key: the run's training key."""
+    """images uint8 [N, 32, 32, 3]; idx int32 [B, 2], or None to draw the pairs here
+    (`config.data.stream_pairs`); key: the run's training key."""
     step_key = jax.random.fold_in(key, state.step)
-    aug_key = jax.random.fold_in(step_key, 1) if config.data.augment else None
-    m, x1, x2 = data.mix_batch(images, idx, aug_key)
+    if idx is None:
+      idx = data.draw_pairs(jax.random.fold_in(step_key, 2), config.train.batch_size,
+                            images.shape[0])
+    aug_key = jax.random.fold_in(step_key, 1) if d.augment or d.translate else None
+    m, x1, x2 = data.mix_batch(images, idx, aug_key, flip=d.augment, translate=d.translate)
 
     def loss_fn(params):
       # Fresh Variable objects inside this trace: NNX refuses to update BatchNorm statistics
@@ -115,7 +130,8 @@ def _step_function(graphdef, config, tx) -> Callable:
     params = optax.apply_updates(state.params, updates)
     parts = dict(parts, grad_norm=optax.tree.norm(grads), lr=current_lr(state.opt_state))
     new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
-                              opt_state=opt_state)
+                              opt_state=opt_state,
+                              ema_params=_ema(config.train.ema_decay, state, params))
     if config.train.skip_nonfinite:
       # Keep the old weights, optimizer and statistics; count the step but zero its metrics so
       # the logged means cover the applied steps only.
@@ -129,6 +145,17 @@ def _step_function(graphdef, config, tx) -> Callable:
   return train_step
 
 
+def _ema(decay: float, state: TrainState, params: dict) -> dict | None:
+  """The moving average after `state.step + 1` updates; its decay ramps up as
+  (1 + t) / (10 + t) towards `decay`, so early averages are not held back by the initial
+  weights."""
+  if state.ema_params is None:
+    return None
+  t = state.step.astype(jnp.float32)
+  rate = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+  return jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, state.ema_params, params)
+
+
 def make_train_step(graphdef, config, tx, stacked: bool = False) -> Callable:
   """The jitted `train_step(state, window, images, idx, key) -> (state, window)`.
 
@@ -137,9 +164,10 @@ def make_train_step(graphdef, config, tx, stacked: bool = False) -> Callable:
   from dispatching one tiny add per metric per step. `state` is donated, `window` is not (the
   zeros are reused to start each window).
 
-  `stacked=True`: idx is [K, B, 2] and one call runs K steps in order (`lax.scan`), with the
-  same numbers as K calls (bit for bit on the CPU). Each call costs the host a dispatch of the
-  state's arrays plus a hand-over between executions, which counts for short steps (the AE's).
+  `stacked=True`: one call runs K = `config.train.steps_per_call` steps in order (`lax.scan`;
+  idx [K, B, 2] or None), with the same numbers as K calls (bit for bit on the CPU). Each call
+  costs the host a dispatch of the state's arrays plus a hand-over between executions, which
+  counts for short steps (the AE's).
   """
   step = _step_function(graphdef, config, tx)
 
@@ -152,7 +180,8 @@ def make_train_step(graphdef, config, tx, stacked: bool = False) -> Callable:
 
     def train_step(state: TrainState, window, images, idx, key):
       return jax.lax.scan(lambda carry, i: (one(*carry, images, i, key), None),
-                          (state, window), idx)[0]
+                          (state, window), idx,
+                          length=config.train.steps_per_call if idx is None else None)[0]
 
   return jax.jit(train_step, donate_argnums=0)
 
@@ -163,12 +192,31 @@ def zero_window(graphdef, config, tx, state, images, idx, key) -> dict[str, jax.
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), parts)
 
 
-def make_eval_step(graphdef, config) -> Callable:
-  def eval_step(params, model_state, images, idx):
-    """Per-pair metrics [B] of one batch; the VAE uses its posterior mean (train=False)."""
-    m, x1, x2 = data.mix_batch(images, idx)
+def make_separate(graphdef, config) -> Callable:
+  """`separate(params, model_state, m) -> (x1_hat, x2_hat, aux)`, the model in evaluation mode
+  (the VAE at its posterior mean). With `config.eval.flip_average`, averaged with its outputs
+  for the left-right mirrored mixture, mirrored back and matched to the first pair by the
+  better assignment."""
+
+  def separate(params, model_state, m):
     model = nnx.merge(graphdef, params, model_state)
     x1_hat, x2_hat, aux = model(m, train=False)
+    if config.eval.flip_average:
+      f1, f2, _ = model(m[:, :, ::-1], train=False)
+      f1, f2 = metrics.best_assignment(f1[:, :, ::-1], f2[:, :, ::-1], x1_hat, x2_hat)
+      x1_hat, x2_hat = (x1_hat + f1) / 2, (x2_hat + f2) / 2
+    return x1_hat, x2_hat, aux
+
+  return separate
+
+
+def make_eval_step(graphdef, config) -> Callable:
+  separate = make_separate(graphdef, config)
+
+  def eval_step(params, model_state, images, idx):
+    """Per-pair metrics [B] of one batch (`make_separate`)."""
+    m, x1, x2 = data.mix_batch(images, idx)
+    x1_hat, x2_hat, aux = separate(params, model_state, m)
     out = metrics.pair_metrics(x1_hat, x2_hat, m, x1, x2)
     loss = losses.reconstruction_loss(config.loss, x1_hat, x2_hat, x1, x2)
     if "mu" in aux:
@@ -180,11 +228,14 @@ def make_eval_step(graphdef, config) -> Callable:
   return jax.jit(eval_step)
 
 
-def make_predict(graphdef) -> Callable:
-  def predict(params, model_state, m):
-    x1_hat, x2_hat, _ = nnx.merge(graphdef, params, model_state)(m, train=False)
-    return x1_hat, x2_hat
+def make_predict(graphdef, config) -> Callable:
+  """Jitted `predict(state, m) -> (x1_hat, x2_hat)` with the state's evaluation parameters."""
+  separate = make_separate(graphdef, config)
 
-  return jax.jit(predict)
+  @jax.jit
+  def predict(params, model_state, m):
+    return separate(params, model_state, m)[:2]
+
+  return lambda state, m: predict(eval_params(state), state.model_state, m)
 
 

@@ -1,7 +1,8 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
 Each epoch runs its train steps (`steps.make_train_step`), logs the metric window every
-`log_every` steps, then scores the val and test pairs and saves a checkpoint. Data order is a
+`log_every` steps, then scores the val, test (and holdout) pairs and saves a checkpoint, ranked
+by its holdout loss where the run has a holdout split, else by its val loss. Data order is a
 function of (seed, epoch) and randomness of fold_in(key, step), so a run resumed from its latest
 checkpoint continues exactly where an unbroken one would be.
 """
@@ -35,15 +36,19 @@ def call_size(config, done: int, left: int) -> int:
   return k if k <= min(to_log, left) and not profiled else 1
 
 
-def epoch_calls(config, order: np.ndarray, first: int, mesh):
+def epoch_calls(config, order: np.ndarray | None, first: int, mesh):
   """Yields (n, idx) for each call of the epoch from its step `first` on: n steps and their
-  index pairs, sharded as the call takes them ([B, 2] for one step, [n, B, 2] for several)."""
-  b, per_epoch = config.train.batch_size, len(order) // config.train.batch_size
+  index pairs, sharded as the call takes them ([B, 2] for one step, [n, B, 2] for several);
+  idx is None where the steps draw their own pairs (`order` None, config.data.stream_pairs)."""
+  b, per_epoch = config.train.batch_size, steps.steps_per_epoch(config)
   done = first
   while done < per_epoch:
     n = call_size(config, done, per_epoch - done)
-    rows = order[done * b:(done + n) * b]
-    yield n, parallel.shard_batch(rows if n == 1 else rows.reshape(n, b, 2), mesh)
+    idx = None
+    if order is not None:
+      rows = order[done * b:(done + n) * b]
+      idx = parallel.shard_batch(rows if n == 1 else rows.reshape(n, b, 2), mesh)
+    yield n, idx
     done += n
 
 
@@ -52,6 +57,8 @@ class Programs:
   first step (so no log window's images/s includes a compile), and a zero metric window."""
 
   def __init__(self, graphdef, config, tx, state, images, sample_idx, key, mesh):
+    """`sample_idx`: index pairs shaped and sharded like one step's ([B, 2]), or None where the
+    steps draw their own."""
     self.key = key
     self.one = steps.make_train_step(graphdef, config, tx)
     self.many = steps.make_train_step(graphdef, config, tx, stacked=True)
@@ -62,12 +69,13 @@ class Programs:
     self.one.lower(state, self.zeros, images, sample_idx, key).compile()
     k = config.train.steps_per_call
     if k > 1:
-      stack = np.tile(np.asarray(sample_idx), (k, 1, 1))
-      self.many.lower(state, self.zeros, images, parallel.shard_batch(stack, mesh),
-                      key).compile()
+      stack = (None if sample_idx is None else
+               parallel.shard_batch(np.tile(np.asarray(sample_idx), (k, 1, 1)), mesh))
+      self.many.lower(state, self.zeros, images, stack, key).compile()
 
-  def __call__(self, state, sums, images, idx):
-    return (self.one if idx.ndim == 2 else self.many)(state, sums, images, idx, self.key)
+  def __call__(self, state, sums, images, n: int, idx):
+    """Runs the n steps of one call (`epoch_calls`)."""
+    return (self.one if n == 1 else self.many)(state, sums, images, idx, self.key)
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -114,7 +122,7 @@ def _train_and_evaluate(config, workdir, ckpts, show_progress) -> dict[str, Any]
         for n, idx in epoch_calls(config, order, first, run.mesh):
           step += n
           with profiler.step(step):
-            state, sums = run.programs(state, metric_window.sums, run.train_images, idx)
+            state, sums = run.programs(state, metric_window.sums, run.train_images, n, idx)
           profiler.finish_step(step, state)
           metric_window.add(sums, n)
           run.log_train(metric_window.read(), bar)  # the window closed before this call
@@ -130,12 +138,11 @@ def _train_and_evaluate(config, workdir, ckpts, show_progress) -> dict[str, Any]
         jax.block_until_ready(state)
         run.train_seconds += time.time() - t_epoch
         results = run.evaluate(state, step)
-        run.save(step, state, val_loss=results["val"]["loss"])
+        run.save(step, state, select_loss=results[run.select_split]["loss"])
         if bar is not None:
-          bar.write(f"epoch {epoch + 1}/{epochs} step {step}: "
-                    f"val loss {results['val']['loss']:.4f} psnr {results['val']['psnr']:.2f} | "
-                    f"test psnr {results['test']['psnr']:.2f} "
-                    f"(baseline {results['test']['baseline_psnr']:.2f})")
+          bar.write(f"epoch {epoch + 1}/{epochs} step {step}: " + " | ".join(
+              f"{split} loss {r['loss']:.4f} psnr {r['psnr']:.2f} (gain {r['psnr_gain']:+.2f})"
+              for split, r in results.items()))
         if stop.signum is not None and epoch + 1 < epochs:
           raise preemption.Preempted(stop.signum, step, ckpts.directory)
   finally:
@@ -183,11 +190,14 @@ class Run:
     self.pair_data = pairs = data.load(config)
     self.train_images = self.replicate(pairs.train_images)
     # Scored after every epoch: split -> (images, pairs indexing them).
-    self.splits = {"val": (self.train_images, pairs.val_pairs),
-                   "test": (self.replicate(pairs.test_images), pairs.test_pairs)}
+    self.splits = {split: (self.train_images if split == "val" else self.replicate(images),
+                           split_pairs)
+                   for split, (images, split_pairs) in pairs.eval_splits().items()}
+    self.select_split = "holdout" if "holdout" in self.splits else "val"
     self.eval_step = steps.make_eval_step(self.graphdef, config)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-    sample = parallel.shard_batch(pairs.train_pairs[:config.train.batch_size], self.mesh)
+    sample = (None if config.data.stream_pairs else
+              parallel.shard_batch(pairs.train_pairs[:config.train.batch_size], self.mesh))
     self.programs = Programs(self.graphdef, config, self.tx, self.state, self.train_images,
                              sample, key, self.mesh)
     self.profiler = profiling.StepProfiler(config.profile, workdir)
@@ -227,20 +237,22 @@ class Run:
     return evaluation.summarize(evaluation.score_pairs(
         self.eval_step, state, images, pairs, self.config.train.eval_batch_size, self.mesh))
 
-  def save(self, step: int, state, *, val_loss: float | None = None,
+  def save(self, step: int, state, *, select_loss: float | None = None,
            window: dict | None = None) -> None:
-    """A checkpoint of `step`: at an epoch's end with its val loss, or mid-epoch with the open
-    metric window."""
+    """A checkpoint of `step`: at an epoch's end with the loss checkpoints are chosen on, or
+    mid-epoch with the open metric window."""
     meta = dict(epoch=step // self.steps_per_epoch, step=step, model=self.model_meta)
+    if select_loss is not None:
+      meta["select_split"] = self.select_split
     if window is not None:
       meta.update(epoch=step / self.steps_per_epoch, window=window)
-    self.ckpts.save(step, state, meta, val_loss)
+    self.ckpts.save(step, state, meta, select_loss)
 
   def finish(self, state, results) -> dict[str, Any]:
     """The summary of the run (written to summary.json) and its pictures."""
     config = self.config
     if results is None:  # nothing left to train: score the restored state
-      results = {"test": self.score(state, "test")}
+      results = {split: self.score(state, split) for split in self.splits if split != "val"}
     if self.main_process:
       self.save_pictures(state)
     trained = int(state.step) - self.start_step
@@ -250,7 +262,7 @@ class Run:
         wall_seconds=time.time() - self.t_start,
         train_images_per_s=(trained * config.train.batch_size / self.train_seconds
                             if self.train_seconds else None),
-        test=results["test"])
+        **{split: results[split] for split in ("test", "holdout") if split in results})
     if self.main_process:
       logs.write_json(os.path.join(self.workdir, "summary.json"), summary)
     return summary
@@ -260,7 +272,7 @@ class Run:
     config = self.config
     m, x1, x2 = data.mix_batch(jnp.asarray(self.pair_data.test_images),
                                jnp.asarray(self.pair_data.test_pairs[:8]))
-    x1_hat, x2_hat = steps.make_predict(self.graphdef)(state.params, state.model_state, m)
+    x1_hat, x2_hat = steps.make_predict(self.graphdef, config)(state, m)
     x1_hat, x2_hat = metrics.best_assignment(x1_hat, x2_hat, x1, x2)
     name = f"{config.model.name}, loss={config.loss}, preset={config.preset}"
     path = os.path.join(self.workdir, "reconstructions.png")

@@ -23,6 +23,7 @@ class Model(nnx.Module):
   def __init__(self, model_cfg, *, layers, rngs: nnx.Rngs):
     enc, dec = [int(w) for w in model_cfg.encoder_widths], [int(w) for w in model_cfg.decoder_widths]
     self.mixture_consistent = bool(model_cfg.mixture_consistent)
+    self.bounded = bool(model_cfg.bounded)
     kw = dict(batch_norm=True, layers=layers, rngs=rngs)
     self.encoder = conv_stacks.Encoder(enc, **kw)
     self.decoder1 = conv_stacks.Decoder(enc[-1], dec, 3, **kw)
@@ -32,5 +33,6 @@ class Model(nnx.Module):
     del key  # Deterministic.
     h = self.encoder(m, train)
     x1_hat, x2_hat = outputs.from_two(self.decoder1(h, train), self.decoder2(h, train), m,
-                                      self.mixture_consistent)
+                                      self.mixture_consistent,
+                                      self.bounded)
     return x1_hat, x2_hat, {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
 
 def out_channels(mixture_consistent: bool) -> int:
@@ -10,7 +11,16 @@ def out_channels(mixture_consistent: bool) -> int:
   return 3 if mixture_consistent else 6
 
 
-def to_pair(y: jax.Array, m: jax.Array, mixture_consistent: bool) -> tuple[jax.Array, jax.Array]:
+def _split(d: jax.Array, m: jax.Array, bounded: bool) -> tuple[jax.Array, jax.Array]:
+  """(m + d, m - d); `bounded` first maps d to tanh(d) * min(m, 1 - m), so both images stay in
+  [0, 1]: where the mixture is near black or white, both images must be too."""
+  if bounded:
+    d = jnp.tanh(d) * jnp.minimum(m, 1.0 - m)
+  return m + d, m - d
+
+
+def to_pair(y: jax.Array, m: jax.Array, mixture_consistent: bool,
+            bounded: bool = False) -> tuple[jax.Array, jax.Array]:
   """[B, H, W, 3 or 6] head output and mixture m [B, H, W, 3] -> (x1_hat, x2_hat) [B, H, W, 3].
 
   Mixture-consistent: the head predicts d and we return (m + d, m - d), whose average is m
@@ -18,11 +28,12 @@ def to_pair(y: jax.Array, m: jax.Array, mixture_consistent: bool) -> tuple[jax.A
   """
   y = y.astype(m.dtype)  # float32 outputs and loss under a bfloat16 compute dtype
   if mixture_consistent:
-    return m + y, m - y
+    return _split(y, m, bounded)
   return y[..., :3], y[..., 3:]
 
 
-def from_two(y1: jax.Array, y2: jax.Array, m: jax.Array, mixture_consistent: bool):
+def from_two(y1: jax.Array, y2: jax.Array, m: jax.Array, mixture_consistent: bool,
+             bounded: bool = False):
   """Two decoders' outputs [B, H, W, 3] -> (x1_hat, x2_hat).
 
   Mixture-consistent: both outputs are shifted by the same residual so they average to m, i.e.
@@ -30,12 +41,14 @@ def from_two(y1: jax.Array, y2: jax.Array, m: jax.Array, mixture_consistent: boo
   """
   y1, y2 = y1.astype(m.dtype), y2.astype(m.dtype)
   if mixture_consistent:
-    d = (y1 - y2) / 2
-    return m + d, m - d
+    return _split((y1 - y2) / 2, m, bounded)
   return y1, y2
 
 
 def check_common(model_cfg) -> None:
-  if not isinstance(model_cfg.mixture_consistent, bool):
-    raise ValueError(
-        f"config.model.mixture_consistent={model_cfg.mixture_consistent!r} must be True or False.")
+  for field in ("mixture_consistent", "bounded"):
+    if not isinstance(model_cfg[field], bool):
+      raise ValueError(f"config.model.{field}={model_cfg[field]!r} must be True or False.")
+  if model_cfg.bounded and not model_cfg.mixture_consistent:
+    raise ValueError("config.model.bounded=True bounds a mixture-consistent output; set "
+                     "config.model.mixture_consistent=True too.")

@@ -4,6 +4,9 @@
 first halves the resolution (2x2 max-pool), so L must satisfy 32 / 2**L >= 1. The decoder mirrors
 it with 2x2 stride-2 transposed convs, concatenates the encoder's output of the same resolution
 and runs two 3x3 convs. A 1x1 conv makes the head (see `outputs.to_pair`).
+
+`block="double_conv"` is that reference U-Net (`UNet`); `block="residual"` builds the same
+levels from residual blocks with group norm (res_unet.py).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from unmix_jax.models import outputs
+from unmix_jax.models import outputs, res_unet
 
 
 class DoubleConv(nnx.Module):
@@ -40,8 +43,22 @@ class Up(nnx.Module):
     return nnx.relu(self.conv.conv2(y))
 
 
+BLOCKS = ("double_conv", "residual")
+NORMS = ("group", "batch")
+
+
 def validate(model_cfg) -> None:
   outputs.check_common(model_cfg)
+  if model_cfg.block not in BLOCKS:
+    raise ValueError(f"config.model.block={model_cfg.block!r} must be one of {', '.join(BLOCKS)}.")
+  if model_cfg.norm not in NORMS:
+    raise ValueError(f"config.model.norm={model_cfg.norm!r} must be one of {', '.join(NORMS)}.")
+  for field in ("blocks_per_level", "norm_groups"):
+    if int(model_cfg[field]) < 1:
+      raise ValueError(f"config.model.{field}={model_cfg[field]} must be >= 1.")
+  if not 0 <= int(model_cfg.attention_levels) <= len(model_cfg.features):
+    raise ValueError(f"config.model.attention_levels={model_cfg.attention_levels} must be "
+                     f"between 0 and the {len(model_cfg.features)} levels of config.model.features.")
   features = tuple(model_cfg.features)
   if len(features) < 2 or any(int(f) < 1 for f in features):
     raise ValueError(
@@ -53,12 +70,19 @@ def validate(model_cfg) -> None:
         "allow at most 5.")
 
 
-class Model(nnx.Module):
+def Model(model_cfg, *, layers, rngs: nnx.Rngs) -> nnx.Module:
+  """The U-Net of `model_cfg.block`."""
+  cls = res_unet.Model if model_cfg.block == "residual" else UNet
+  return cls(model_cfg, layers=layers, rngs=rngs)
+
+
+class UNet(nnx.Module):
   """m [B, 32, 32, 3] in [0, 1] -> (x1_hat, x2_hat) [B, 32, 32, 3], aux = {}."""
 
   def __init__(self, model_cfg, *, layers, rngs: nnx.Rngs):
     features = [int(f) for f in model_cfg.features]
     self.mixture_consistent = bool(model_cfg.mixture_consistent)
+    self.bounded = bool(model_cfg.bounded)
     ins = [3] + features[:-1]
     self.down = nnx.List([DoubleConv(i, o, layers=layers, rngs=rngs)
                           for i, o in zip(ins, features)])
@@ -78,5 +102,6 @@ class Model(nnx.Module):
       skips.append(x)
     for block, skip in zip(self.up, reversed(skips[:-1])):
       x = block(x, skip)
-    x1_hat, x2_hat = outputs.to_pair(self.head(x), m, self.mixture_consistent)
+    x1_hat, x2_hat = outputs.to_pair(self.head(x), m, self.mixture_consistent,
+                                    self.bounded)
     return x1_hat, x2_hat, {}

@@ -50,6 +50,7 @@ class Model(nnx.Module):
     enc, dec = [int(w) for w in model_cfg.encoder_widths], [int(w) for w in model_cfg.decoder_widths]
     self.latent_dim = int(model_cfg.latent_dim)
     self.mixture_consistent = bool(model_cfg.mixture_consistent)
+    self.bounded = bool(model_cfg.bounded)
     grid = 32 // 2 ** len(enc)
     self.encoder = conv_stacks.Encoder(enc, batch_norm=False, layers=layers, rngs=rngs)
     self.posterior = layers.linear(grid * grid * enc[-1], 2 * self.latent_dim, rngs=rngs)
@@ -76,5 +77,6 @@ class Model(nnx.Module):
     else:
       z = mu
     y1, y2 = self.decode(z)
-    x1_hat, x2_hat = outputs.from_two(y1, y2, m, self.mixture_consistent)
+    x1_hat, x2_hat = outputs.from_two(y1, y2, m, self.mixture_consistent,
+                                      self.bounded)
     return x1_hat, x2_hat, {"mu": mu, "logvar": logvar}
