@@ -8,10 +8,13 @@ def get_config(preset=None):
   c.model.name = "ae"
   c.model.encoder_widths = (32, 64, 64)
   c.model.decoder_widths = (56, 32, 16)
-  if c.preset != "smoke":  # its ~35 ms CPU step ran 1.03-1.06x faster (README, Performance)
+  if c.preset != "smoke":  # its short CPU step gains from fewer dispatches (docs/performance.md)
     c.train.steps_per_call = 10
   if c.preset == "cpu":
     c.train.epochs = 4
+  elif c.preset in common.RECIPES:
+    c.model.bounded = True
+    c.train.epochs = {"cpu10": 25, "cpu60": 150, "gpu": 60}[c.preset]
   elif c.preset == "smoke":
     c.model.encoder_widths = (4, 8)
     c.model.decoder_widths = (8, 4)

@@ -15,6 +15,16 @@ def get_config(preset=None):
   if c.preset == "cpu":
     c.model.features = (16, 32, 64, 128)
     c.train.epochs = 5
+  elif c.preset in common.RECIPES:
+    c.model.block = "residual"
+    c.model.norm = "batch"  # as good as group norm per step here, and much faster on a CPU
+    c.model.features = (16, 32, 64, 128)
+    c.model.bounded = True
+    c.train.epochs = {"cpu10": 12, "cpu60": 80, "gpu": 60}[c.preset]
+    if c.preset == "gpu":
+      c.model.features = (64, 128, 256, 512)
+      c.model.blocks_per_level = 2
+      c.model.attention_levels = 2
   elif c.preset == "smoke":
     c.model.features = (4, 8)
   return c

@@ -20,6 +20,8 @@ def get_config(preset=None):
   if c.preset == "cpu":
     c.train.epochs = 5
     c.model.kl_warmup_steps = 1000
+  elif c.preset in common.RECIPES:
+    c.train.epochs = {"cpu10": 30, "cpu60": 180, "gpu": 60}[c.preset]
   elif c.preset == "smoke":
     c.model.encoder_widths = (4, 8)
     c.model.decoder_widths = (8, 4)

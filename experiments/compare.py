@@ -11,7 +11,8 @@ from absl import flags, logging
 
 from unmix_jax import cli
 
-_PRESET = flags.DEFINE_enum("preset", "cpu", ["default", "cpu", "smoke"], "Config preset.")
+_PRESET = flags.DEFINE_enum("preset", "cpu", ["default", "cpu", "cpu10", "cpu60", "gpu", "smoke"],
+                            "Config preset.")
 _RESULTS = flags.DEFINE_string("results_dir", None, "Default: results/<preset>.")
 _MODELS = flags.DEFINE_list("models", "unet,ae,vae", "Architectures to compare.")
 _LOSSES = flags.DEFINE_list("losses", "pit,fixed", "Losses to compare.")

@@ -99,7 +99,7 @@ def test_auto_without_onednn_uses_the_cpu_forms_and_says_why(monkeypatch):
 # Command-line mistakes: checked in-process, then once per entry point as a user meets them.
 
 CONFIG_MISTAKES = [
-    (["--config=configs/unet.py:gpu"], "Unknown preset 'gpu'; choose one of"),
+    (["--config=configs/unet.py:tpu"], "Unknown preset 'tpu'; choose one of"),
     (["--config=configs/nope.py"], "no config file 'configs/nope.py'"),
     (["--config.train.lrr=0.1"], "did you mean --config.train.lr?"),
     (["--config.trian.lr=0.1"], "did you mean --config.train.lr?"),
@@ -123,7 +123,7 @@ def test_good_config_arguments_pass(args):
 
 
 ENTRY_POINT_MISTAKES = [
-    ("experiments.train", ["--config=configs/unet.py:gpu"], "Unknown preset 'gpu'"),
+    ("experiments.train", ["--config=configs/unet.py:tpu"], "Unknown preset 'tpu'"),
     ("experiments.train", ["--config.train.lrr=0.1"], "did you mean --config.train.lr?"),
     ("experiments.train", ["--config.train.lr=abc"], "takes a float"),
     ("experiments.train", ["--config=configs/nope.py"], "no config file"),
@@ -132,7 +132,7 @@ ENTRY_POINT_MISTAKES = [
     ("experiments.benchmark", ["--steps=many"], "--steps"),
     ("experiments.evaluate", [], "--workdir"),
     ("experiments.evaluate", ["--workdir=x", "--checkpoint=first"], "--checkpoint"),
-    ("experiments.compare", ["--preset=gpu"], "--preset"),
+    ("experiments.compare", ["--preset=tpu"], "--preset"),
     ("experiments.sample", ["--workdir=x", "--num=lots"], "--num"),
     ("experiments.separate", ["--workdir=x", "--num=0"], "--num"),
 ]

@@ -34,13 +34,16 @@ def test_ae_has_batchnorm_statistics_like_the_reference():
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-@pytest.mark.parametrize("preset", [None, "cpu", "smoke"])
+@pytest.mark.parametrize("preset", [None, "cpu", "cpu10", "cpu60", "gpu", "smoke"])
 def test_every_config_preset_builds_and_runs(name, preset):
+  from unmix_jax import config_checks
+
   config = CONFIGS[name].get_config(preset)
   assert config.model.name == name and config.preset == (preset or "default")
+  config_checks.validate(config)
   m = jax.random.uniform(jax.random.PRNGKey(0), (2, 32, 32, 3))
   run = lambda model, m: model(m, train=True, key=jax.random.PRNGKey(1))
-  if preset is None:  # the GPU-sized models: shapes only
+  if preset in (None, "gpu", "cpu60"):  # GPU-sized models, and cpu10's again: shapes only
     x1_hat, x2_hat, aux = nnx.eval_shape(run, abstract_model(config.model), m)
   else:
     x1_hat, x2_hat, aux = nnx.jit(run)(models.build(config.model, 0), m)

@@ -48,23 +48,24 @@ def finished(workdir: str, config) -> bool:
   return summary["step"] >= steps.steps_per_epoch(config) * config.train.epochs
 
 
-def check_preset(results_dir: str, preset: str) -> None:
-  marker = os.path.join(results_dir, "preset.json")
+def check_results_dir(results_dir: str, holds: str) -> None:
+  """A results directory holds one study (`holds`, e.g. "runs of preset 'cpu'"), never two."""
+  marker = os.path.join(results_dir, "study.json")
   if os.path.exists(marker):
     with open(marker) as f:
-      previous = json.load(f)["preset"]
-    if previous != preset:
+      previous = json.load(f)["holds"]
+    if previous != holds:
       raise config_checks.ConfigError(
-          f"--results_dir={results_dir} holds runs of preset {previous!r}, not {preset!r}; "
-          "use another --results_dir so the two are never mixed.")
+          f"--results_dir={results_dir} holds {previous}, not {holds}; use another "
+          "--results_dir so the two are never mixed.")
   os.makedirs(results_dir, exist_ok=True)
   with open(marker, "w") as f:
-    json.dump({"preset": preset}, f)
+    json.dump({"holds": holds}, f)
 
 
 def run_all(preset: str, results_dir: str, models=MODELS, losses=LOSSES, *,
             show_progress: bool = True) -> list[dict]:
-  check_preset(results_dir, preset)
+  check_results_dir(results_dir, f"runs of preset {preset!r}")
   rows = []
   for model in models:
     for loss in losses:
