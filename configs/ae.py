@@ -13,7 +13,6 @@ def get_config(preset=None):
   if c.preset == "cpu":
     c.train.epochs = 4
   elif c.preset in common.RECIPES:
-    c.model.bounded = True
     c.train.epochs = {"cpu10": 25, "cpu60": 150, "gpu": 60}[c.preset]
   elif c.preset == "smoke":
     c.model.encoder_widths = (4, 8)

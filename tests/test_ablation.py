@@ -7,15 +7,16 @@ from unmix_jax import ablation
 
 
 def test_each_lever_is_switched_the_other_way_from_the_recipe():
-  recipe = smoke_config()
+  recipe = smoke_config(**{"model.block": "residual", "model.norm": "batch"})
   for lever in ablation.LEVERS:
+    assert ablation.applies(recipe, lever), lever
     other = ablation.switched(recipe, lever)
     assert ablation.uses(other, lever) != ablation.uses(recipe, lever), lever
     changed = {k for k in ablation.LEVERS[lever][1] if ablation._get(other, k) !=
                ablation._get(recipe, k)}
     assert changed, lever  # only the lever's own fields move
-  assert not ablation.applies(recipe, "attention")  # the reference U-Net has none
-  assert ablation.applies(smoke_config(**{"model.block": "residual"}), "attention")
+  assert not ablation.applies(smoke_config(), "attention")  # the reference U-Net has none
+  assert not ablation.applies(smoke_config("vae"), "bounded")  # not mixture-consistent
 
 
 def test_the_command_trains_scores_and_reports(tmp_path, tfds_data_dir):

@@ -28,8 +28,11 @@ LEVERS = {
               {"data.augment": True}, {"data.augment": False}),
     "shifts": ("shifts of each image by up to 2 pixels (reflected border)",
                {"data.translate": 2}, {"data.translate": 0}),
-    "residual": ("residual blocks with batch norm, not the reference double convs",
-                 {"model.block": "residual"}, {"model.block": "double_conv"}),
+    "residual": ("residual blocks with batch norm and ReLU, not the reference double convs",
+                 {"model.block": "residual", "model.norm": "batch"},
+                 {"model.block": "double_conv"}),
+    "group_norm": ("group norm and SiLU in the residual blocks, not batch norm and ReLU",
+                   {"model.norm": "group"}, {"model.norm": "batch"}),
     "attention": ("self-attention at the lowest resolution (residual blocks only)",
                   {"model.attention_levels": 1}, {"model.attention_levels": 0}),
     "bounded": ("outputs bounded to [0, 1] through the mixture's headroom",
@@ -66,8 +69,15 @@ def switched(config, lever: str):
 
 
 def applies(config, lever: str) -> bool:
-  """Attention exists only in the residual U-Net; the rest apply to every recipe here."""
-  return lever != "attention" or config.model.block == "residual"
+  """Whether switching `lever` means anything for `config`: the block's norm and attention
+  exist only in the residual U-Net, the bound only with mixture-consistent outputs."""
+  if lever in ("group_norm", "attention"):
+    return config.model.name == "unet" and config.model.block == "residual"
+  if lever == "residual":
+    return config.model.name == "unet"
+  if lever == "bounded":
+    return bool(config.model.mixture_consistent)
+  return True
 
 
 def _scores(workdir: str, config=None) -> dict[str, dict[str, np.ndarray]]:

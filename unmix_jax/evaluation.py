@@ -104,15 +104,16 @@ def table(result: dict) -> str:
   """A short plain-text table of one eval.json."""
   lines = [f"{result['model']} (loss={result['loss']}, preset={result['preset']}, "
            f"checkpoint step {result['checkpoint_step']}); 95% bootstrap intervals"]
-  lines.append(f"{'split':<24}{'':<10}{'MSE':<28}{'PSNR dB':<26}{'SSIM':<24}")
+  w = 32
+  lines.append(f"{'split':<{w}}{'':<10}{'MSE':<28}{'PSNR dB':<26}{'SSIM':<24}")
   for split, words in SPLITS.items():
     if split not in result:
       continue
     r = result[split]
     for who, prefix in (("model", ""), ("baseline", "baseline_")):
       label = f"{split} ({words})" if who == "model" else ""
-      lines.append(f"{label:<24}{who:<10}{fmt(r[prefix + 'mse'], 5):<28}"
+      lines.append(f"{label:<{w}}{who:<10}{fmt(r[prefix + 'mse'], 5):<28}"
                    f"{fmt(r[prefix + 'psnr'], 2):<26}{fmt(r[prefix + 'ssim'], 3):<24}")
-    lines.append(f"{'':<24}{'gain':<10}{'':<28}{fmt(r['psnr_gain'], 2):<26}"
+    lines.append(f"{'':<{w}}{'gain':<10}{'':<28}{fmt(r['psnr_gain'], 2):<26}"
                  f"{fmt(r['ssim_gain'], 3):<24}")
   return "\n".join(lines)
