@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,21 @@ from unmix_jax import configs, steps, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data", "tensorflow_datasets")
+
+# Many tests compile the same programs (the smoke presets' steps, in this process and in the
+# subprocesses it starts): JAX's persistent compilation cache, keyed by the program, serves the
+# repeats. Set before anything compiles; the environment carries it to subprocesses.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "unmix_jax-tests-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# Compiling dominates the tests (small models, few steps): LLVM's optimisation passes are skipped,
+# which compiles several times faster and leaves results as correct, not as fast.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_backend_optimization_level=0").strip()
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 @pytest.fixture(scope="session")
@@ -149,8 +165,9 @@ def rel_err(a, b) -> float:
 
 
 def value_and_grads(f, *args):
-  """f(*args) and the gradients of a random projection of it with respect to every argument."""
-  y = f(*args)
-  probe = jax.random.normal(jax.random.PRNGKey(9), y.shape)
-  grads = jax.grad(lambda *a: jnp.sum(f(*a) * probe), argnums=tuple(range(len(args))))(*args)
-  return y, grads
+  """f(*args) and the gradients of a random projection of it with respect to every argument,
+  as one jitted program."""
+  shape = jax.eval_shape(f, *args).shape
+  probe = jax.random.normal(jax.random.PRNGKey(9), shape)
+  loss = lambda *a: jnp.sum(f(*a) * probe)
+  return jax.jit(lambda *a: (f(*a), jax.grad(loss, argnums=tuple(range(len(a))))(*a)))(*args)

@@ -44,7 +44,7 @@ def assert_same(got, want, tol=1e-5):
 
 @pytest.mark.parametrize("plan", ["im2col", "taps", "valid_taps", "xla"])
 @pytest.mark.parametrize("k,s", [(3, 1), (3, 2), (1, 1), (2, 2), (5, 1)])
-@pytest.mark.parametrize("hw", [1, 2, 5, 9])
+@pytest.mark.parametrize("hw", [1, 5, 9])
 def test_conv_forms_equal_lax_in_value_and_gradient(plan, k, s, hw):
   if plan == "valid_taps" and s != 1:
     with pytest.raises(ValueError, match="stride-1"):
@@ -66,10 +66,11 @@ def test_the_transposed_form_equals_lax_in_value_and_gradient(k, s, hw):
   assert_same(got, value_and_grads(stock_conv_transpose((s, s)), x, kernel))
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_every_layer_of_every_model_matches_lax_at_its_shape(name):
-  """Each conv the default model runs (batch 2), in the form the CPU layers pick for it."""
-  shapes = benchmark.conv_layers(CONFIGS[name].get_config(), batch=2)
+@pytest.mark.parametrize("name,preset", [("unet", None), ("unet", "cpu"), ("unet", "cpu10"),
+                                         ("ae", None), ("vae", None)])
+def test_every_layer_of_every_model_matches_lax_at_its_shape(name, preset):
+  """Each conv the models run (batch 2), in the form the CPU layers pick for it."""
+  shapes = benchmark.conv_layers(CONFIGS[name].get_config(preset), batch=2)
   assert {kind for kind, *_ in shapes} == {"Conv", "ConvTranspose"}
   for i, (kind, x_shape, k_shape, strides) in enumerate(shapes):
     x = jax.random.normal(jax.random.PRNGKey(i), x_shape)
@@ -96,7 +97,8 @@ def test_each_backend_builds_the_same_parameters_and_outputs(name, impl):
   for a, b in zip(jax.tree.leaves(p_fast), jax.tree.leaves(p_stock)):
     np.testing.assert_array_equal(a, b)  # same names, shapes and initial values
   m = jax.random.uniform(jax.random.PRNGKey(0), (4, 32, 32, 3))
-  for a, b in zip(fast(m, train=False)[:2], stock(m, train=False)[:2]):
+  run = nnx.jit(lambda model, m: model(m, train=False)[:2])
+  for a, b in zip(run(fast, m), run(stock, m)):
     assert rel_err(a, b) <= 1e-5
 
 
@@ -256,8 +258,7 @@ def test_onednn_equals_lax_in_value_and_gradients(op, shape):
 
 
 @ONEDNN
-@pytest.mark.parametrize("b,h,w,cin,c,cout", [(2, 8, 8, 6, 5, 4), (1, 8, 12, 3, 7, 2),
-                                                (2, 16, 16, 76, 38, 38)])
+@pytest.mark.parametrize("b,h,w,cin,c,cout", [(1, 8, 12, 3, 7, 2), (2, 16, 16, 76, 38, 38)])
 def test_the_composed_up_level_equals_up_sampling_concatenation_and_conv(b, h, w, cin, c, cout):
   keys = jax.random.split(jax.random.PRNGKey(0), 6)
   x = jax.random.normal(keys[0], (b, h, w, cin))

@@ -174,13 +174,13 @@ def test_model_files_know_no_backend():
 
 def residual_cfg(**fields):
   cfg = unet.get_config("smoke").model
-  cfg.update(dict(block="residual", features=(8, 16, 16)), **fields)
+  cfg.update(dict(block="residual", features=(8, 16)), **fields)
   return cfg
 
 
-@pytest.mark.parametrize("attention_levels,blocks", [(0, 1), (2, 2)])
-def test_the_residual_unet_starts_at_the_mixture_and_trains(attention_levels, blocks):
-  cfg = residual_cfg(attention_levels=attention_levels, blocks_per_level=blocks)
+@pytest.mark.parametrize("attention_levels,blocks,norm", [(0, 1, "group"), (2, 2, "batch")])
+def test_the_residual_unet_starts_at_the_mixture_and_trains(attention_levels, blocks, norm):
+  cfg = residual_cfg(attention_levels=attention_levels, blocks_per_level=blocks, norm=norm)
   model = models.build(cfg, 0)
   params = nnx.state(model, nnx.Param)
   assert ("attention" in str(jax.tree_util.tree_structure(params))) == (attention_levels > 0)
@@ -194,7 +194,8 @@ def test_the_residual_unet_starts_at_the_mixture_and_trains(attention_levels, bl
 
 
 @pytest.mark.parametrize("field,value", [("block", "dense"), ("norm_groups", 0),
-                                         ("attention_levels", 4), ("blocks_per_level", 0)])
+                                         ("attention_levels", 3), ("blocks_per_level", 0),
+                                         ("norm", "layer")])
 def test_the_unet_rejects_bad_block_settings(field, value):
   with pytest.raises(ValueError, match=f"config.model.{field}"):
     models.build(residual_cfg(**{field: value}), 0)

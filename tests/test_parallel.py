@@ -30,7 +30,7 @@ train_smoke(sys.argv[1])
 def test_two_devices_match_one_device(tmp_path, tfds_data_dir):
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=2")
+             XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2")
   out = subprocess.run([sys.executable, "-c", TWO_DEVICE_RUN, two], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import assert_one_line_error, run_module
-from unmix_jax import separation
+from unmix_jax import runs, separation
 
 
 @pytest.fixture
@@ -51,30 +51,31 @@ def test_two_files_are_mixed_separated_and_scored(unet_run, pictures, tmp_path):
   assert Image.open(paths[2]).size == (32, 32)
 
 
-def test_the_command_separates_files_a_mixture_and_test_pairs(unet_run, pictures, tmp_path):
+def test_a_mixture_file_and_random_test_pairs(unet_run, pictures):
+  result, _ = separation.separate(unet_run, mixture=pictures["gray"])
+  assert result.x1 is None and result.psnr is None and result.out2.shape == (1, 32, 32, 3)
+  pairs, _ = separation.separate(unet_run, num_pairs=3, seed=1)
+  assert pairs.psnr.shape == (3, 2) and pairs.x1.shape == (3, 32, 32, 3)
+  np.testing.assert_allclose(pairs.mixture, (pairs.x1 + pairs.x2) / 2, atol=1e-6)
+  again, _ = separation.separate(unet_run, num_pairs=3, seed=1)
+  np.testing.assert_array_equal(again.out1, pairs.out1)  # the same pairs for a seed
+
+
+def test_the_command_separates_two_files(unet_run, pictures, tmp_path):
   out = str(tmp_path / "out")
   two = run_module("experiments.separate", f"--workdir={unet_run}", f"--out={out}",
                    pictures["wide"], pictures["rgba"])
   assert two.returncode == 0, two.stderr[-2000:]
   assert "centre-cropped" in two.stdout and "PSNR" in two.stdout
   assert os.path.exists(os.path.join(out, "wide_rgba.png"))
-  one = run_module("experiments.separate", f"--workdir={unet_run}", f"--out={out}",
-                   f"--mixture={pictures['gray']}")
-  assert one.returncode == 0, one.stderr[-2000:]
-  assert "PSNR" not in one.stdout and os.path.exists(os.path.join(out, "gray_out2.png"))
-  pairs = run_module("experiments.separate", f"--workdir={unet_run}", f"--out={out}", "--num=2")
-  assert pairs.returncode == 0, pairs.stderr[-2000:]
-  assert pairs.stdout.count("PSNR") == 2
-  assert os.path.exists(os.path.join(out, "test_pairs_out1_1.png"))
+  assert os.path.exists(os.path.join(out, "wide_rgba_out2.png"))
 
 
-@pytest.mark.parametrize("case", ["missing", "text", "no_run", "three"])
-def test_bad_input_is_one_line(case, unet_run, pictures, tmp_path):
-  args = {"missing": [f"--workdir={unet_run}", str(tmp_path / "none.png"), pictures["wide"]],
-          "text": [f"--workdir={unet_run}", pictures["text"], pictures["wide"]],
-          "no_run": [f"--workdir={tmp_path}", pictures["wide"], pictures["gray"]],
-          "three": [f"--workdir={unet_run}", pictures["wide"], pictures["gray"],
-                    pictures["rgba"]]}[case]
-  needle = {"missing": "no such file", "text": "not an image", "no_run": "holds no run",
-            "three": "two image files"}[case]
-  assert_one_line_error(run_module("experiments.separate", *args), needle)
+def test_bad_input_is_one_line(unet_run, pictures, tmp_path):
+  with pytest.raises(runs.RunError, match="holds no run"):
+    separation.separate(str(tmp_path), images=(pictures["wide"], pictures["gray"]))
+  assert_one_line_error(run_module("experiments.separate", f"--workdir={unet_run}",
+                                   str(tmp_path / "none.png"), pictures["wide"]), "no such file")
+  assert_one_line_error(run_module("experiments.separate", f"--workdir={unet_run}",
+                                   pictures["wide"], pictures["gray"], pictures["rgba"]),
+                        "two image files")

@@ -68,14 +68,14 @@ def separate(workdir: str, *, images: tuple[str, str] | None = None, mixture: st
   """Runs the best checkpoint of `workdir` on two image files (mixed here), on one mixture file,
   or (neither) on `num_pairs` random pairs of the run's unseen test pairs. Returns the separation
   and the checkpoint's step."""
-  config, graphdef, state, step = runs.restore(workdir, "best")
   x1 = x2 = None
-  if mixture is not None:
+  if mixture is not None:  # the files first: a bad one is named before anything else runs
     m = load_image(mixture)[None]
   elif images is not None:
     x1, x2 = (load_image(p)[None] for p in images)
     m = (x1 + x2) / 2
-  else:
+  config, graphdef, state, step = runs.restore(workdir, "best")
+  if mixture is None and images is None:
     pair_data = data.load(config)
     rng = np.random.default_rng(seed)
     idx = pair_data.test_pairs[rng.choice(len(pair_data.test_pairs), num_pairs, replace=False)]
