@@ -10,7 +10,7 @@ PSNR and train seconds. Finished runs are scored again, not retrained.
 
 from absl import flags, logging
 
-from unmix_jax import cli
+from unmix_jax import cli, host_memory
 
 _CONFIG = cli.define_config("configs/unet.py:cpu10")
 _EPOCHS = flags.DEFINE_integer("epochs", None, "Epochs of every run (default: the recipe's).",
@@ -22,6 +22,7 @@ _LEVERS = flags.DEFINE_list("levers", None, "Levers to switch (default: all that
 
 def main(argv):
   del argv
+  host_memory.keep_freed_memory()  # before JAX starts its CPU threads (host_memory.py)
   logging.set_verbosity(logging.ERROR)
   from unmix_jax import ablation, config_checks
 

@@ -19,7 +19,7 @@ import json
 
 from absl import flags, logging
 
-from unmix_jax import cli
+from unmix_jax import cli, host_memory
 
 _CONFIG = cli.define_config("configs/unet.py")
 _STEPS = flags.DEFINE_integer("steps", 10, "Train steps per timed repeat.")
@@ -32,6 +32,7 @@ _LAYERS = flags.DEFINE_bool("layers", False, "Time each conv layer alone, xla vs
 
 def main(argv):
   del argv
+  host_memory.keep_freed_memory()  # before JAX starts its CPU threads (host_memory.py)
   logging.set_verbosity(logging.ERROR)
   from unmix_jax import benchmark, cli, config_checks, parallel
 

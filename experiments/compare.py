@@ -9,7 +9,7 @@ Writes <results_dir>/report.md, reconstructions.png and loss_curves.png; each ru
 
 from absl import flags, logging
 
-from unmix_jax import cli
+from unmix_jax import cli, host_memory
 
 _PRESET = flags.DEFINE_enum("preset", "cpu", ["default", "cpu", "cpu10", "cpu60", "gpu", "smoke"],
                             "Config preset.")
@@ -20,6 +20,7 @@ _LOSSES = flags.DEFINE_list("losses", "pit,fixed", "Losses to compare.")
 
 def main(argv):
   del argv
+  host_memory.keep_freed_memory()  # before JAX starts its CPU threads (host_memory.py)
   logging.set_verbosity(logging.ERROR)
   from unmix_jax import compare
 

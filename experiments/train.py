@@ -10,7 +10,7 @@ import os
 
 from absl import flags, logging
 
-from unmix_jax import cli
+from unmix_jax import cli, host_memory
 
 _CONFIG = cli.define_config("configs/unet.py:cpu")
 _WORKDIR = flags.DEFINE_string(
@@ -25,6 +25,7 @@ def default_workdir(config_arg: str) -> str:
 
 def main(argv):
   del argv
+  host_memory.keep_freed_memory()  # before JAX starts its CPU threads (host_memory.py)
   logging.set_verbosity(logging.ERROR)  # Orbax and tfds log every file operation at INFO.
   from unmix_jax import parallel, train  # After flag parsing: keeps --help fast.
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from unmix_jax import backend, host_memory, models, parallel, steps
+from unmix_jax import backend, models, parallel, steps
 from unmix_jax.models import layers as layers_lib
 
 # Between JAX and PyTorch rounds: PyTorch's OpenMP workers spin for a while after each parallel
@@ -53,8 +53,6 @@ class JaxStep:
     self.batch = config.train.batch_size
     self.per_call = config.train.steps_per_call
     self.conv_impl = backend.resolve(config.train.conv_impl)
-    if jax.default_backend() == "cpu":
-      host_memory.keep_freed_memory()  # as training does
     tx = steps.make_optimizer(config, total_steps=10_000)
     graphdef, state = steps.create_train_state(config, tx)
     self.mesh = parallel.make_mesh()

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unmix_jax import (backend, checkpoint, config_checks, data, evaluation, host_memory, logs,
-                       metrics, parallel, plotting, preemption, profiling, steps, window)
+from unmix_jax import (backend, checkpoint, config_checks, data, evaluation, logs, metrics,
+                       parallel, plotting, preemption, profiling, steps, window)
 from unmix_jax import workdir as workdir_lib
 
 
@@ -179,8 +179,6 @@ class Run:
     if self.main_process:  # only once the workdir is known to belong to this model
       logs.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
     self.mesh = parallel.make_mesh()
-    if jax.default_backend() == "cpu":
-      host_memory.keep_freed_memory()  # warm pages for every step's buffers
     print(f"data parallel over {self.mesh.size} device{'s' if self.mesh.size > 1 else ''} "
           f"({jax.default_backend()}, {jax.process_count()} process(es)): global batch "
           f"{config.train.batch_size}, {config.train.batch_size // self.mesh.size} per device; "
