@@ -83,16 +83,19 @@ def get_base_config(preset: str | None) -> ml_collections.ConfigDict:
   c.profile.num_steps = 5
   c.profile.dump_hlo = False  # write the optimised HLO of the train step
 
+  if preset == "cpu" or preset in RECIPES:  # sized for a 2-core CPU
+    c.data.num_train_pairs = 20_000
+    c.data.num_val_pairs = 1000
+    c.data.num_test_pairs = 1000
+    c.train.batch_size = 32
+    c.train.warmup_steps = 100
+    c.train.log_every = 20
   if preset in RECIPES:
     c.data.num_images = 45_000
     c.data.num_holdout_images = 5_000
     c.data.num_holdout_pairs = 1000
-    c.data.stream_pairs = True
+    c.data.stream_pairs = True  # num_train_pairs is then the steps between evaluations
     c.data.augment = True
-    c.data.num_train_pairs = 20_000  # with streamed pairs: the steps between evaluations
-    c.data.num_val_pairs = 1000
-    c.data.num_test_pairs = 1000
-    c.train.batch_size = 32
     c.train.warmup_steps = 200
     c.train.log_every = 125
     c.train.ema_decay = 0.999
@@ -103,14 +106,7 @@ def get_base_config(preset: str | None) -> ml_collections.ConfigDict:
     c.train.batch_size = 128
     c.train.lr = 2e-3
     c.train.log_every = 100
-  if preset == "cpu":
-    c.data.num_train_pairs = 20_000
-    c.data.num_val_pairs = 1000
-    c.data.num_test_pairs = 1000
-    c.train.batch_size = 32
-    c.train.warmup_steps = 100
-    c.train.log_every = 20
-  elif preset == "smoke":
+  if preset == "smoke":
     c.data.num_images = 32
     c.data.num_train_pairs = 64
     c.data.num_val_pairs = 16

@@ -33,17 +33,22 @@ def same_final_state(a, b):
     np.testing.assert_array_equal(x, y)
 
 
+def signal_after_step(monkeypatch, at: int):
+  """SIGTERM to this process once step `at` has been dispatched, as a scheduler would send it."""
+  finish_step = profiling.StepProfiler.finish_step
+
+  def finish_and_signal(self, step, state):
+    finish_step(self, step, state)
+    if step == at:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(profiling.StepProfiler, "finish_step", finish_and_signal)
+
+
 def test_a_signal_mid_epoch_saves_and_the_resumed_run_equals_an_unbroken_one(
     unet_run, tmp_path, monkeypatch, capsys):
   broken = str(tmp_path / "broken")
-  finish_step = profiling.StepProfiler.finish_step
-
-  def signal_at_step_6(self, step, state):
-    finish_step(self, step, state)
-    if step == 6:
-      os.kill(os.getpid(), signal.SIGTERM)
-
-  monkeypatch.setattr(profiling.StepProfiler, "finish_step", signal_at_step_6)
+  signal_after_step(monkeypatch, 6)
   with pytest.raises(preemption.Preempted, match="at step 6"):
     train_smoke(broken, **UNET_RUN)
   monkeypatch.undo()
@@ -63,14 +68,7 @@ def test_a_half_full_metric_window_is_carried_over(tmp_path, monkeypatch):
   fields = {"train.epochs": 2, "train.steps_per_call": 1}
   unbroken, broken = str(tmp_path / "unbroken"), str(tmp_path / "broken")
   train_smoke(unbroken, **fields)
-  finish_step = profiling.StepProfiler.finish_step
-
-  def signal_at_step_5(self, step, state):
-    finish_step(self, step, state)
-    if step == 5:
-      os.kill(os.getpid(), signal.SIGTERM)
-
-  monkeypatch.setattr(profiling.StepProfiler, "finish_step", signal_at_step_5)
+  signal_after_step(monkeypatch, 5)
   with pytest.raises(preemption.Preempted):
     train_smoke(broken, **fields)
   monkeypatch.undo()
