@@ -128,13 +128,21 @@ ENTRY_POINT_MISTAKES = [
     ("experiments.train", ["--config.train.lr=abc"], "takes a float"),
     ("experiments.train", ["--config=configs/nope.py"], "no config file"),
     ("experiments.train", ["--workdr=x"], "Unknown command line flag 'workdr'"),
+    ("experiments.benchmark", ["--config=configs/ae.py:tpu"], "Unknown preset 'tpu'"),
     ("experiments.benchmark", ["--config.train.batchsize=8"], "did you mean"),
+    ("experiments.benchmark", ["--config.train.lr=fast"], "takes a float"),
     ("experiments.benchmark", ["--steps=many"], "--steps"),
+    ("experiments.ablate", ["--config=configs/vae.py:tpu"], "Unknown preset 'tpu'"),
+    ("experiments.ablate", ["--config.model.featurs=(8,16)"], "did you mean"),
+    ("experiments.ablate", ["--epochs=0"], "--epochs"),
     ("experiments.evaluate", [], "--workdir"),
     ("experiments.evaluate", ["--workdir=x", "--checkpoint=first"], "--checkpoint"),
+    ("experiments.evaluate", ["--workdir=x", "--splits=test"], "Unknown command line flag"),
     ("experiments.compare", ["--preset=tpu"], "--preset"),
+    ("experiments.compare", ["--model=unet"], "Unknown command line flag 'model'"),
     ("experiments.sample", ["--workdir=x", "--num=lots"], "--num"),
     ("experiments.separate", ["--workdir=x", "--num=0"], "--num"),
+    ("experiments.separate", ["--workdir=x", "--mix=m.png"], "Unknown command line flag"),
 ]
 
 
