@@ -1,6 +1,6 @@
 """Ablation of a recipe: the recipe and one run per lever switched, the same steps each.
 
-  python -m experiments.ablate --config=configs/unet.py:cpu10 --epochs=4 [--results_dir=DIR]
+  python -m experiments.ablate --config=configs/unet.py:cpu10 --epochs=3 [--results_dir=DIR]
   python -m experiments.ablate --config=configs/unet.py:smoke --levers=flips,ema
 
 Writes <results_dir>/report.md (default results/ablation-<model>-<preset>): per lever the test
