@@ -20,7 +20,7 @@ def get_config(preset=None):
     c.model.norm = "batch"  # better than group norm per step here, and faster on a CPU
     c.model.features = (16, 32, 64, 128)
     c.model.attention_levels = 1
-    c.train.epochs = {"cpu10": 11, "cpu60": 60, "gpu": 60}[c.preset]
+    c.train.epochs = {"cpu10": 9, "cpu60": 60, "gpu": 60}[c.preset]
     if c.preset == "gpu":
       c.model.features = (64, 128, 256, 512)
       c.model.blocks_per_level = 2
