@@ -5,8 +5,8 @@ large are mmap-ed, or come from per-thread arenas that mmap them, and go back to
 freed, so each step touches fresh pages and pays their page faults. `keep_freed_memory()` makes
 glibc serve them from one heap and keep what is freed, so later steps reuse warm pages. The cost
 is that the process holds on to its peak heap size until it exits. It must run before JAX
-starts its CPU threads, whose arenas it cannot change afterwards: the training and benchmark
-commands call it first thing (docs/performance.md has the measurements).
+starts its CPU threads, whose arenas it cannot change afterwards: the train, benchmark, compare
+and ablate commands call it first thing (docs/performance.md has the measurements).
 """
 
 from __future__ import annotations
