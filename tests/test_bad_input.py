@@ -106,6 +106,7 @@ CONFIG_MISTAKES = [
     (["--config.train.lr=abc"], "config.train.lr takes a float"),
     (["--config.train.epochs=2.5"], "config.train.epochs takes an int"),
     (["--config.data.augment=maybe"], "config.data.augment is True or False"),
+    (["--config.train.lr"], "config.train.lr needs a value, e.g. --config.train.lr=0.001"),
 ]
 
 
@@ -131,9 +132,12 @@ ENTRY_POINT_MISTAKES = [
     ("experiments.benchmark", ["--config=configs/ae.py:tpu"], "Unknown preset 'tpu'"),
     ("experiments.benchmark", ["--config.train.batchsize=8"], "did you mean"),
     ("experiments.benchmark", ["--config.train.lr=fast"], "takes a float"),
+    ("experiments.benchmark", ["--config=configs/nope.py"], "no config file"),
     ("experiments.benchmark", ["--steps=many"], "--steps"),
     ("experiments.ablate", ["--config=configs/vae.py:tpu"], "Unknown preset 'tpu'"),
     ("experiments.ablate", ["--config.model.featurs=(8,16)"], "did you mean"),
+    ("experiments.ablate", ["--config.train.epochs=two"], "takes an int"),
+    ("experiments.ablate", ["--config=configs/nope.py"], "no config file"),
     ("experiments.ablate", ["--epochs=0"], "--epochs"),
     ("experiments.evaluate", [], "--workdir"),
     ("experiments.evaluate", ["--workdir=x", "--checkpoint=first"], "--checkpoint"),

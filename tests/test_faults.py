@@ -4,6 +4,7 @@ second run on the same workdir."""
 import errno
 import glob
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -18,7 +19,8 @@ import pytest
 from tests.conftest import (ROOT, assert_one_line_error, checkpoint_steps, comparable, records,
                             random_images, run_module, single_step, summary,
                             train_smoke)
-from unmix_jax import checkpoint, logs, preemption, profiling, runs, steps, window, workdir
+from unmix_jax import (checkpoint, cli, config_checks, logs, preemption, profiling, runs, steps,
+                       window, workdir)
 from unmix_jax.configs import unet
 
 # The shared run's config (tests/conftest.py), which a broken run must repeat.
@@ -311,6 +313,105 @@ def test_the_command_reports_a_full_disk_in_one_line_with_its_own_exit_code(tmp_
   last = assert_one_line_error(result, "no space left on device", code=3)
   assert "the last complete checkpoint is step 4" in last
   assert checkpoint_steps(str(run_dir)) == [4]
+
+
+def test_a_file_cut_short_by_a_full_disk_leaves_the_previous_one(tmp_path, monkeypatch):
+  path = str(tmp_path / "summary.json")
+  logs.write_json(path, {"a": 1})
+
+  def half_then_full(value, f, **kwargs):
+    f.write('{"a": ')
+    f.flush()
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(json, "dump", half_then_full)
+  with pytest.raises(workdir.DiskFullError, match="no space left on device writing .*summary"):
+    logs.write_json(path, {"a": 2})
+  monkeypatch.undo()
+  with open(path) as f:
+    assert json.load(f) == {"a": 1}
+  assert os.listdir(tmp_path) == ["summary.json"]  # no temporary file left behind
+
+
+def test_a_metrics_line_cut_short_is_left_out_and_dropped_on_resume(tmp_path):
+  writer = logs.MetricWriter(str(tmp_path), tensorboard=False)
+  writer.write(2, "train", {"loss": 0.5})
+  writer.close()
+  with open(tmp_path / logs.METRICS_FILE, "a") as f:
+    f.write('{"step": 4, "epoch": 1.0, "spl')  # the disk filled mid-record
+  assert [r["step"] for r in logs.read_metrics(str(tmp_path))] == [2]
+  logs.MetricWriter(str(tmp_path), resume_step=2, tensorboard=False).close()
+  assert [r["step"] for r in records(tmp_path)] == [2]
+
+
+def test_an_unreadable_config_json_is_one_line_naming_it(unet_run, copy_run):
+  run_dir = copy_run(unet_run)
+  with open(os.path.join(run_dir, "config.json"), "w") as f:
+    f.write('{"model": ')
+  with pytest.raises(config_checks.ConfigError, match="config.json cannot be read"):
+    config_checks.check_workdir(run_dir, unet.get_config("smoke"))
+
+
+def _can_mount_a_small_filesystem() -> bool:
+  try:
+    return subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+                          capture_output=True, timeout=30).returncode == 0
+  except (OSError, subprocess.TimeoutExpired):
+    return False
+
+
+def test_a_real_full_filesystem_is_one_line_and_the_run_resumes_exactly(unet_run, tmp_path):
+  """The shared run's command on a 2150 KB tmpfs (in a mount namespace of its own): here its
+  profile and two checkpoints fit and the third fills it; then the same command, with space
+  freed, ends as the shared run."""
+  if not _can_mount_a_small_filesystem():
+    pytest.skip("this machine does not allow a tmpfs in a user namespace (unshare -rm)")
+  disk, out = tmp_path / "disk", tmp_path / "out"
+  disk.mkdir()
+  out.mkdir()
+  flags = " ".join(["--config=configs/unet.py:smoke", f"--workdir={disk}/run",
+                    *(f"--config.{k}={v}" for k, v in UNET_RUN.items())])
+  script = (f"mount -t tmpfs -o size=2150k tmpfs {disk} || exit 99\n"
+            f"{sys.executable} -m experiments.train {flags} 2> {out}/full.err\n"
+            f"echo $? > {out}/full.rc\n"
+            f"ls {disk}/run/checkpoints > {out}/checkpoints\n"
+            f"mount -o remount,size=64m {disk}\n"
+            f"{sys.executable} -m experiments.train {flags} 2> {out}/resumed.err\n"
+            f"echo $? > {out}/resumed.rc\n"
+            f"cp {disk}/run/metrics.jsonl {out}/\n")
+  subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=ROOT, timeout=900,
+                 env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  full = subprocess.CompletedProcess([], int((out / "full.rc").read_text()), "",
+                                     (out / "full.err").read_text())
+  last = assert_one_line_error(full, "no space left on device writing ", code=3)
+  messages = [line for line in full.stderr.splitlines()
+              if line.strip() and "step/s" not in line and "s/step" not in line]  # not tqdm's
+  assert messages == [last], messages  # nothing else, not even Orbax's thread errors
+  kept = (out / "checkpoints").read_text().split()
+  assert all(name.isdigit() for name in kept), kept  # no half-written checkpoint
+  named = (f"the last complete checkpoint is step {max(kept, key=int)}" if kept
+           else "no checkpoint was completed yet")
+  assert named in last, (named, last)
+  assert (out / "resumed.rc").read_text().strip() == "0", (out / "resumed.err").read_text()[-3000:]
+  assert comparable(out) == comparable(unet_run)
+
+
+def test_other_disk_errors_are_one_line_and_orbax_thread_logs_are_left_to_it(monkeypatch):
+  said = []
+  monkeypatch.setattr(cli, "fail", lambda message, code=cli.BAD_INPUT: said.append((message, code)))
+  with cli.one_line_errors():  # e.g. a comparison's report on a full disk
+    raise OSError(errno.ENOSPC, "No space left on device", "/r/report.md")
+  assert said == [("no space left on device writing /r/report.md; free space and run the same "
+                   "command again.", cli.DISK)]
+  absl_logger = logging.getLogger("absl")
+
+  def record(path, message):
+    return absl_logger.makeRecord("absl", logging.ERROR, path, 1, message, (), None)
+
+  orbax = "/site-packages/orbax/checkpoint/_src/futures/future.py"
+  assert not absl_logger.filter(record(orbax, "RESOURCE_EXHAUSTED: No space left on device"))
+  assert absl_logger.filter(record(orbax, "some other failure"))
+  assert absl_logger.filter(record("/x/train.py", "No space left on device"))
 
 
 def test_config_and_summary_writes_on_a_read_only_disk_name_the_file(tmp_path, monkeypatch):

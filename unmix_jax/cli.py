@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib.util
+import logging
 import os
 import sys
 
@@ -69,6 +70,8 @@ def _check_value(flag: str, field: str, current, text: str | None) -> None:
     return
   if kind not in (int, float):
     return  # strings, tuples and None: ml_collections' own parser decides
+  if text is None:
+    raise UsageError(f"{flag}: {field} needs a value, e.g. {flag}={current!r}.")
   try:
     kind(text)
   except (TypeError, ValueError):
@@ -137,6 +140,20 @@ def run(main) -> None:
   app.run(main, flags_parser=_parse_flags)
 
 
+class _DiskLogFilter(logging.Filter):
+  """Drops the errors Orbax's writer threads log on a full or read-only disk: the one line
+  `one_line_errors` prints says the same, with the last complete checkpoint."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    from unmix_jax import workdir
+
+    return not (record.levelno >= logging.ERROR and "orbax" in record.pathname
+                and workdir.is_disk_error(Exception(record.getMessage())))
+
+
+_DISK_LOG_FILTER = _DiskLogFilter()  # one instance: adding it again is then a no-op
+
+
 @contextlib.contextmanager
 def one_line_errors():
   """Known failures as one line: bad settings and data exit 2, a full or read-only disk 3, a
@@ -146,12 +163,19 @@ def one_line_errors():
 
   known = (config_checks.ConfigError, data.DataError, checkpoint.CheckpointError, runs.RunError,
            workdir.LockedError, FloatingPointError)
+  logging.getLogger("absl").addFilter(_DISK_LOG_FILTER)
   try:
     yield
   except workdir.DiskFullError as e:
     fail(str(e), DISK)
   except known as e:
     fail(str(e))
+  except OSError as e:
+    if not workdir.is_disk_error(e):
+      raise
+    # A write outside the run's own files (a report, a profile): no checkpoint to name.
+    where = f" writing {e.filename}" if e.filename else ""
+    fail(f"{workdir.disk_reason(e)}{where}; free space and run the same command again.", DISK)
   except preemption.Preempted as e:
     print(str(e), file=sys.stderr, flush=True)
     sys.exit(e.exit_code)

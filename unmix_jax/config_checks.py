@@ -84,8 +84,13 @@ def check_workdir(workdir: str, config) -> None:
                       "directory.") from None
   saved = os.path.join(workdir, "config.json")
   if os.path.exists(saved):
-    with open(saved) as f:
-      saved_config = json.load(f)
+    try:
+      with open(saved) as f:
+        saved_config = json.load(f)
+    except (OSError, ValueError) as e:
+      raise ConfigError(
+          f"--workdir={workdir}: its config.json cannot be read ({e}); restore it, or delete it "
+          "to continue the run's checkpoints with this command's config.") from None
     previous = configs.complete_model(saved_config.get("model", {}), saved_config.get("preset"))
     current = json.loads(config.model.to_json())
     if previous != current:

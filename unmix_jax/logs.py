@@ -14,18 +14,23 @@ import math
 import os
 import time
 
-from unmix_jax.workdir import disk_writes
+from unmix_jax.workdir import disk_writes, replaced
 
 METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  """All records of a run, in the order they were written."""
+  """All complete records of a run, in the order they were written. A last line without its
+  newline is a record still being written (a reader beside the run) or one a full disk cut
+  short: it is left out."""
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = f.readlines()
+  if lines and not lines[-1].endswith("\n"):
+    lines.pop()
+  return [json.loads(line) for line in lines if line.strip()]
 
 
 def metrics_frame(workdir: str):
@@ -45,8 +50,9 @@ def read_eval(workdir: str) -> dict | None:
 
 
 def write_json(path: str, value) -> None:
-  """`value` as indented JSON at `path`; DiskFullError when the disk is full."""
-  with disk_writes(path), open(path, "w") as f:
+  """`value` as indented JSON at `path`, whole or not at all; DiskFullError when the disk is
+  full (the previous file, if any, stays)."""
+  with replaced(path) as temporary, open(temporary, "w") as f:
     json.dump(value, f, indent=2)
 
 
@@ -116,9 +122,9 @@ class MetricWriter:
     if not enabled:
       return
     kept = [r for r in read_metrics(workdir) if r["step"] <= resume_step]
+    with replaced(self.path) as temporary, open(temporary, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in kept)
     with disk_writes(self.path):
-      with open(self.path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in kept)
       self._file = open(self.path, "a")
     self._tb = None
     if tensorboard:

@@ -8,7 +8,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from unmix_jax.workdir import replaced  # noqa: E402
+
 COLUMNS = ("mixture", "x1", "x2", "x1_hat", "x2_hat")
+
+
+def _save(fig, path: str) -> None:
+  """The figure as a PNG at `path`, whole or not at all (a full disk keeps the previous one)."""
+  try:
+    with replaced(path) as temporary:
+      fig.savefig(temporary, dpi=100)
+  finally:
+    plt.close(fig)
 
 
 def reconstructions(path: str, m, x1, x2, x1_hat, x2_hat, title: str = "") -> None:
@@ -30,8 +41,7 @@ def reconstructions(path: str, m, x1, x2, x1_hat, x2_hat, title: str = "") -> No
   if title:
     fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def loss_curves(path: str, records: list[dict], title: str = "") -> None:
@@ -57,8 +67,7 @@ def loss_curves(path: str, records: list[dict], title: str = "") -> None:
   if title:
     fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def sample_grid(path: str, y1, y2, title: str = "", columns: int = 4) -> None:
@@ -78,8 +87,7 @@ def sample_grid(path: str, y1, y2, title: str = "", columns: int = 4) -> None:
   if title:
     fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def compare_reconstructions(path: str, m, x1, x2, outputs: list, title: str = "") -> None:
@@ -103,8 +111,7 @@ def compare_reconstructions(path: str, m, x1, x2, outputs: list, title: str = ""
     fig.suptitle(title, fontsize=10)
   # Keep ~0.35 inch on top for the title; tight_layout alone lets it overlap the first row.
   fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def compare_curves(path: str, runs: dict, title: str = "") -> None:
@@ -132,8 +139,7 @@ def compare_curves(path: str, runs: dict, title: str = "") -> None:
   if title:
     fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def separation_panel(path: str, result, title: str = "") -> None:
@@ -160,5 +166,4 @@ def separation_panel(path: str, result, title: str = "") -> None:
   if title:
     fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)

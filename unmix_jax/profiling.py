@@ -13,6 +13,8 @@ import os
 
 import jax
 
+from unmix_jax.workdir import disk_writes, replaced
+
 
 class StepProfiler:
   def __init__(self, profile_cfg, workdir: str):
@@ -25,8 +27,9 @@ class StepProfiler:
   def step(self, step: int):
     """Context for dispatching the step that will end at `step` (1-based)."""
     if self.start >= 0 and step == self.start + 1 and not self.active:
-      os.makedirs(self.directory, exist_ok=True)
-      jax.profiler.start_trace(self.directory)
+      with disk_writes(self.directory):
+        os.makedirs(self.directory, exist_ok=True)
+        jax.profiler.start_trace(self.directory)
       self.active = True
     if self.active:
       return jax.profiler.StepTraceAnnotation("train", step_num=step)
@@ -35,22 +38,24 @@ class StepProfiler:
   def finish_step(self, step: int, state) -> None:
     if self.active and step >= self.stop:
       jax.block_until_ready(state)  # the trace must contain the steps' execution, not dispatch
-      jax.profiler.stop_trace()
-      self.active = False
+      self.close()
       print(f"profile of steps {self.start + 1}..{self.stop} written to {self.directory}",
             flush=True)
 
   def close(self) -> None:
     if self.active:
-      jax.profiler.stop_trace()
       self.active = False
+      with disk_writes(self.directory):  # the trace is written here
+        jax.profiler.stop_trace()
 
   def dump_hlo(self, jitted, *args) -> None:
     """Writes the optimised HLO of `jitted` compiled for `args` (lowering does not run it)."""
     if not self.dump_hlo_enabled:
       return
-    os.makedirs(self.directory, exist_ok=True)
     path = os.path.join(self.directory, "train_step.hlo.txt")
-    with open(path, "w") as f:
-      f.write(jitted.lower(*args).compile().as_text())
+    text = jitted.lower(*args).compile().as_text()
+    with disk_writes(self.directory):
+      os.makedirs(self.directory, exist_ok=True)
+    with replaced(path) as temporary, open(temporary, "w") as f:
+      f.write(text)
     print(f"optimised HLO of the train step written to {path}", flush=True)

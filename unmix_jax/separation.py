@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unmix_jax import data, metrics, plotting, runs, steps
+from unmix_jax.workdir import replaced
 
 SIZE = 32
 HOW = "converted to RGB, centre-cropped to a square and resized to 32x32 (bicubic)"
@@ -47,7 +48,8 @@ def save_image(path: str, x) -> None:
   """Writes x [32, 32, 3] (clipped to [0, 1]) as an 8-bit PNG."""
   from PIL import Image
 
-  Image.fromarray(np.round(np.clip(np.asarray(x), 0, 1) * 255).astype(np.uint8)).save(path)
+  with replaced(path) as temporary:
+    Image.fromarray(np.round(np.clip(np.asarray(x), 0, 1) * 255).astype(np.uint8)).save(temporary)
 
 
 @dataclasses.dataclass

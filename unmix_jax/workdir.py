@@ -8,7 +8,8 @@ lock and may run beside a training run.
 
 `DiskFullError`: a write that failed for lack of space (or a read-only filesystem), raised by
 `disk_writes(path)` around any write a run makes; the training loop adds where its last complete
-checkpoint is.
+checkpoint is. `replaced(path)` writes a whole file beside its target and renames it into place,
+so a failed write leaves the previous file, never a truncated one.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def is_disk_error(e: BaseException) -> bool:
   return any(m in str(e) for m in _DISK_MESSAGES)
 
 
-def _reason(e: BaseException) -> str:
+def disk_reason(e: BaseException) -> str:
+  """'read-only file system' or 'no space left on device', for the one line."""
   if isinstance(e, OSError) and e.errno == errno.EROFS or "Read-only" in str(e):
     return "read-only file system"
   return "no space left on device"
@@ -69,8 +71,24 @@ def disk_writes(path: str):
     raise
   except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many types
     if is_disk_error(e):
-      raise DiskFullError(path, _reason(e)) from None
+      raise DiskFullError(path, disk_reason(e)) from None
     raise
+
+
+@contextlib.contextmanager
+def replaced(path: str):
+  """Yields a temporary path beside `path` (same extension, for writers that read it) to write
+  the whole file to; renames it onto `path` when the block ends, removes it when it fails.
+  Disk errors inside become DiskFullError naming `path`."""
+  directory, name = os.path.split(path)
+  temporary = os.path.join(directory, f".{name}.{os.getpid()}.tmp{os.path.splitext(name)[1]}")
+  try:
+    with disk_writes(path):
+      yield temporary
+      os.replace(temporary, path)
+  finally:
+    if os.path.exists(temporary):
+      os.remove(temporary)
 
 
 class Lock:
