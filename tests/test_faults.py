@@ -6,6 +6,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -216,6 +217,42 @@ def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path, tfds_data_dir, caps
   train_smoke(run_dir, **{"train.epochs": 1})
   assert "taking over" in capsys.readouterr().err
   assert checkpoint_steps(run_dir) == [4]
+
+
+# Readers beside a training run.
+
+def test_a_reader_passes_over_a_step_the_training_run_deletes_meanwhile(
+    unet_run, copy_run, monkeypatch):
+  run_dir = copy_run(unet_run)
+  _, _, _, best = runs.restore(run_dir, "best")
+  restore, deleted = checkpoint.Checkpoints.restore, []
+
+  def deleted_first(self, step, like):
+    if not deleted:  # the training run's save removes the chosen step before it is read
+      deleted.append(step)
+      shutil.rmtree(os.path.join(self.directory, str(step)))
+    return restore(self, step, like)
+
+  monkeypatch.setattr(checkpoint.Checkpoints, "restore", deleted_first)
+  _, _, state, step = runs.restore(run_dir, "best")
+  monkeypatch.undo()
+  assert deleted == [best] and step != best and step in checkpoint_steps(run_dir)
+  _, _, expected, _ = runs.restore(run_dir, "best")
+  for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_a_reader_falls_back_from_a_damaged_step_and_moves_nothing(unet_run, copy_run, capsys):
+  run_dir = copy_run(unet_run)
+  for path in glob.glob(os.path.join(run_dir, "checkpoints", "12", "state", "**", "d", "*"),
+                        recursive=True):
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+  _, _, _, step = runs.restore(run_dir, "latest")
+  assert step == 8
+  assert "checkpoint step 12" in capsys.readouterr().err
+  assert checkpoint_steps(run_dir) == [4, 8, 12]  # left where the training run will find it
+  assert not os.path.exists(os.path.join(run_dir, "checkpoints_unreadable"))
 
 
 # A full disk.

@@ -84,6 +84,31 @@ def _without_tracebacks(lines: list[str]) -> list[str]:
   return kept
 
 
+def _drop_missing_metadata(record) -> bool:
+  return not ("orbax" in record.pathname and "does not exist" in record.getMessage())
+
+
+@contextlib.contextmanager
+def _quiet_lost_reads():
+  """A step that the training run deletes under a reader leaves Orbax's other reads of it to fail
+  later: their coroutines report as they are collected, and Orbax warns of missing metadata. The
+  reader chooses again, so both are noise here."""
+  default_hook = sys.unraisablehook
+
+  def hook(unraisable):
+    if not getattr(unraisable.object, "__qualname__", "").startswith("_read_array"):
+      default_hook(unraisable)
+
+  sys.unraisablehook = hook
+  logging.getLogger("absl").addFilter(_drop_missing_metadata)
+  try:
+    yield
+  finally:
+    gc.collect()  # the failed reads' coroutines report now, under the hook
+    logging.getLogger("absl").removeFilter(_drop_missing_metadata)
+    sys.unraisablehook = default_hook
+
+
 class CheckpointError(RuntimeError):
   """No checkpoint of this workdir can be used; the message says which and why."""
 
@@ -111,8 +136,15 @@ class Checkpoints:
         # Synchronous: when save() returns the step is on disk, so a stop right after loses nothing.
         enable_async_checkpointing=False,
     )
-    self._manager = ocp.CheckpointManager(
-        self.directory, options=options, item_names=("state", "meta"))
+    with _quiet_lost_reads():
+      for attempt in range(5):
+        try:
+          self._manager = ocp.CheckpointManager(
+              self.directory, options=options, item_names=("state", "meta"))
+          break
+        except FileNotFoundError:  # a reader's listing lost a step the training run deleted
+          if attempt == 4:
+            raise
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -123,12 +155,56 @@ class Checkpoints:
   def best_step(self) -> int | None:
     """The kept step with the lowest selection loss (as saved in its meta); mid-epoch checkpoints,
     which have none, only when nothing else is kept."""
+    ranked = self._by_score()
+    return ranked[0] if ranked else None
+
+  def _by_score(self) -> list[int]:
     scored = []
     for s in self.steps():
       meta = self.read_meta(s)
       val = meta.get("select_loss", meta.get("val_loss"))
       scored.append((val is None, val if val is not None else 0.0, s))
-    return min(scored)[2] if scored else None
+    return [s for *_, s in sorted(scored)]
+
+  def read(self, like, which: str = "best"):
+    """(step, state) for a reader (evaluate, sample, separate, the notebook), which may run beside
+    the training run that writes this directory: `which` is "best" or "latest"; None when there
+    is no checkpoint. A step the training run deletes meanwhile (it keeps only a few) is passed
+    over and the choice made again; a damaged one falls back to the next best (or newest) with a
+    warning. Nothing is moved or deleted."""
+    with _quiet_lost_reads():
+      return self._read(like, which)
+
+  def _read(self, like, which: str):
+    for _ in range(5):  # each retry follows a save that deleted a step being read
+      try:
+        self._manager.reload()
+        ranked = self._by_score() if which == "best" else self.steps()[::-1]
+      except Exception:  # noqa: BLE001 - a step deleted while it was listed or its meta read
+        continue
+      failures, vanished = [], False
+      for step in ranked:
+        try:
+          with _quiet_stderr():
+            state, _ = self.restore(step, like)
+        except Exception as e:  # noqa: BLE001 - Orbax raises many types for damaged files
+          if not os.path.isdir(os.path.join(self.directory, str(step))):
+            vanished = True
+            break
+          failures.append((step, _describe(e)))
+          continue
+        for bad, why in failures:
+          print(f"warning: checkpoint step {bad} in {self.directory} is unreadable ({why}); "
+                f"using step {step} instead.", file=sys.stderr, flush=True)
+        return step, state
+      if not vanished:
+        if failures:
+          raise CheckpointError(
+              f"no checkpoint in {self.directory} can be read (steps "
+              f"{[s for s, _ in failures]}; first: {failures[0][1]}).")
+        return None
+    raise CheckpointError(f"the checkpoints in {self.directory} changed during every read; run "
+                          "the command again.")
 
   def save(self, step: int, state, meta: dict, select_loss: float | None) -> None:
     """Writes step `step`; `select_loss` (the loss the best checkpoint is chosen on: holdout,

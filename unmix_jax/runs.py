@@ -37,15 +37,11 @@ def restore(workdir: str, which: str = "best"):
   graphdef, state = steps.create_train_state(config, tx)
   ckpts = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints)
   try:
-    if not ckpts.steps():
-      raise RunError(f"--workdir={workdir} has no checkpoint yet; let its training finish an "
-                     "epoch first.")
-    if which == "best":
-      step = ckpts.best_step()
-      state, _ = ckpts.restore(step, state)
-    else:
-      state, _ = ckpts.restore_latest(state)
-      step = int(state.step)
+    found = ckpts.read(state, which)
   finally:
     ckpts.close()
+  if found is None:
+    raise RunError(f"--workdir={workdir} has no checkpoint yet; let its training finish an "
+                   "epoch first.")
+  step, state = found
   return config, graphdef, state, step
