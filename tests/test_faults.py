@@ -439,7 +439,7 @@ def test_other_disk_errors_are_one_line_and_orbax_thread_logs_are_left_to_it(mon
   with cli.one_line_errors():  # e.g. a comparison's report on a full disk
     raise OSError(errno.ENOSPC, "No space left on device", "/r/report.md")
   assert said == [("no space left on device writing /r/report.md; free space and run the same "
-                   "command again.", cli.DISK)]
+                   "command again", cli.DISK)]
   absl_logger = logging.getLogger("absl")
 
   def record(path, message):
@@ -462,5 +462,9 @@ def test_config_and_summary_writes_on_a_read_only_disk_name_the_file(tmp_path, m
     return real_open(path, mode, *a, **k)
 
   monkeypatch.setattr(builtins, "open", read_only)
-  with pytest.raises(workdir.DiskFullError, match="read-only file system writing .*x.json"):
+  with pytest.raises(workdir.DiskFullError, match="read-only file system writing .*x.json") as e:
     logs.write_json(str(tmp_path / "x.json"), {"a": 1})
+  assert str(e.value).endswith("; make it writable and run the same command again")
+  e.value.resumable(None, "ckpts")  # as the training loop adds
+  assert str(e.value).endswith("; no checkpoint was completed yet; make it writable and run the "
+                               "same command to resume")

@@ -174,8 +174,7 @@ def one_line_errors():
     if not workdir.is_disk_error(e):
       raise
     # A write outside the run's own files (a report, a profile): no checkpoint to name.
-    where = f" writing {e.filename}" if e.filename else ""
-    fail(f"{workdir.disk_reason(e)}{where}; free space and run the same command again.", DISK)
+    fail(str(workdir.DiskFullError(e.filename or "a file", workdir.disk_reason(e))), DISK)
   except preemption.Preempted as e:
     print(str(e), file=sys.stderr, flush=True)
     sys.exit(e.exit_code)

@@ -97,9 +97,7 @@ def train_and_evaluate(config, workdir: str, *, show_progress: bool = True) -> d
     try:
       return _train_and_evaluate(config, workdir, ckpts, show_progress)
     except workdir_lib.DiskFullError as e:
-      last = ckpts.latest_step()
-      e.checkpoint = None if last is None else f"step {last} in {ckpts.directory}"
-      raise
+      raise e.resumable(ckpts.latest_step(), ckpts.directory)
     finally:
       ckpts.close()  # also on errors: Orbax's background threads must stop before exit
 

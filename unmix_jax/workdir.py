@@ -33,18 +33,23 @@ class LockedError(RuntimeError):
 
 
 class DiskFullError(OSError):
-  """A write failed for lack of space. `checkpoint` (set by the training loop): the last
-  complete checkpoint, as "step N in DIR", or None when there is none."""
+  """A write failed for lack of space or on a read-only filesystem. `resume` (set by the training
+  loop, which `resumable` does): where running the same command again continues from."""
 
   def __init__(self, path: str, reason: str = "no space left on device"):
     super().__init__(errno.ENOSPC, reason, path)
     self.path, self.reason = path, reason
-    self.checkpoint: str | None = None
+    self.resume: str | None = None
+
+  def resumable(self, last_step: int | None, directory: str) -> DiskFullError:
+    self.resume = (f"the last complete checkpoint is step {last_step} in {directory}"
+                   if last_step is not None else "no checkpoint was completed yet")
+    return self
 
   def __str__(self) -> str:
-    kept = (f"the last complete checkpoint is {self.checkpoint}" if self.checkpoint
-            else "no checkpoint was completed yet")
-    return f"{self.reason} writing {self.path}; {kept}; free space and run the same command to resume"
+    if self.resume is None:
+      return f"{self.reason} writing {self.path}; {fix_for(self.reason)} again"
+    return f"{self.reason} writing {self.path}; {self.resume}; {fix_for(self.reason)} to resume"
 
 
 def is_disk_error(e: BaseException) -> bool:
@@ -53,6 +58,11 @@ def is_disk_error(e: BaseException) -> bool:
   if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
     return True
   return any(m in str(e) for m in _DISK_MESSAGES)
+
+
+def fix_for(reason: str) -> str:
+  return ("make it writable and run the same command" if reason == "read-only file system"
+          else "free space and run the same command")
 
 
 def disk_reason(e: BaseException) -> str:
