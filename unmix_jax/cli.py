@@ -173,7 +173,7 @@ def one_line_errors():
   except OSError as e:
     if not workdir.is_disk_error(e):
       raise
-    # A write outside the run's own files (a report, a profile): no checkpoint to name.
+    # A write outside training's own files (a report, separate's outputs): no checkpoint to name.
     fail(str(workdir.DiskFullError(e.filename or "a file", workdir.disk_reason(e))), DISK)
   except preemption.Preempted as e:
     print(str(e), file=sys.stderr, flush=True)

@@ -30,7 +30,7 @@ def restore(workdir: str, which: str = "best"):
   """(config, graphdef, state, step) of the run in `workdir`.
 
   which: "best" (`Checkpoints.best_step`: lowest holdout, else val, loss among kept
-  checkpoints) or "latest".
+  checkpoints) or "latest". Safe beside the training run of that workdir (`Checkpoints.read`).
   """
   config = load_config(workdir)
   tx = steps.make_optimizer(config, steps.steps_per_epoch(config) * config.train.epochs)
