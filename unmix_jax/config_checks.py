@@ -75,7 +75,7 @@ def check_workdir(workdir: str, config) -> None:
   """The workdir must be writable and, if it holds a run, a run of the same model."""
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_test")
+    probe = os.path.join(workdir, f".write_test.{os.getpid()}")  # own name: runs may start together
     with open(probe, "w") as f:
       f.write("")
     os.remove(probe)
