@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from unmix_jax import configs
-from unmix_jax.workdir import DiskFullError, disk_writes
+from unmix_jax.workdir import DiskFullError, disk_writes, is_disk_error
 
 
 _NOISE = ("Traceback (most recent call last):", "During handling of the above exception",
@@ -88,6 +88,24 @@ def _drop_missing_metadata(record) -> bool:
   return not ("orbax" in record.pathname and "does not exist" in record.getMessage())
 
 
+def _drop_disk_errors(record) -> bool:
+  """Orbax's writer threads log a full or read-only disk before `save` raises DiskFullError,
+  which says the same with the last complete checkpoint."""
+  return not (record.levelno >= logging.ERROR and "orbax" in record.pathname
+              and is_disk_error(Exception(record.getMessage())))
+
+
+@contextlib.contextmanager
+def _absl_filtered(drop):
+  """Orbax logs through absl's logger: `drop` filters it meanwhile."""
+  logger = logging.getLogger("absl")
+  logger.addFilter(drop)
+  try:
+    yield
+  finally:
+    logger.removeFilter(drop)
+
+
 @contextlib.contextmanager
 def _quiet_lost_reads():
   """A step that the training run deletes under a reader leaves Orbax's other reads of it to fail
@@ -100,12 +118,11 @@ def _quiet_lost_reads():
       default_hook(unraisable)
 
   sys.unraisablehook = hook
-  logging.getLogger("absl").addFilter(_drop_missing_metadata)
   try:
-    yield
+    with _absl_filtered(_drop_missing_metadata):
+      yield
   finally:
     gc.collect()  # the failed reads' coroutines report now, under the hook
-    logging.getLogger("absl").removeFilter(_drop_missing_metadata)
     sys.unraisablehook = default_hook
 
 
@@ -212,7 +229,8 @@ class Checkpoints:
     On a full disk: workdir.DiskFullError, with what was written of this step removed."""
     meta = dict(meta, select_loss=None if select_loss is None else float(select_loss))
     try:
-      with _quiet_stderr(), disk_writes(os.path.join(self.directory, str(step))):
+      with (_quiet_stderr(), _absl_filtered(_drop_disk_errors),
+            disk_writes(os.path.join(self.directory, str(step)))):
         self._manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import importlib.util
-import logging
 import os
 import sys
 
@@ -140,20 +139,6 @@ def run(main) -> None:
   app.run(main, flags_parser=_parse_flags)
 
 
-class _DiskLogFilter(logging.Filter):
-  """Drops the errors Orbax's writer threads log on a full or read-only disk: the one line
-  `one_line_errors` prints says the same, with the last complete checkpoint."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    from unmix_jax import workdir
-
-    return not (record.levelno >= logging.ERROR and "orbax" in record.pathname
-                and workdir.is_disk_error(Exception(record.getMessage())))
-
-
-_DISK_LOG_FILTER = _DiskLogFilter()  # one instance: adding it again is then a no-op
-
-
 @contextlib.contextmanager
 def one_line_errors():
   """Known failures as one line: bad settings and data exit 2, a full or read-only disk 3, a
@@ -163,7 +148,6 @@ def one_line_errors():
 
   known = (config_checks.ConfigError, data.DataError, checkpoint.CheckpointError, runs.RunError,
            workdir.LockedError, FloatingPointError)
-  logging.getLogger("absl").addFilter(_DISK_LOG_FILTER)
   try:
     yield
   except workdir.DiskFullError as e:

@@ -47,9 +47,11 @@ class DiskFullError(OSError):
     return self
 
   def __str__(self) -> str:
+    fix = "make it writable" if self.reason == "read-only file system" else "free space"
     if self.resume is None:
-      return f"{self.reason} writing {self.path}; {fix_for(self.reason)} again"
-    return f"{self.reason} writing {self.path}; {self.resume}; {fix_for(self.reason)} to resume"
+      return f"{self.reason} writing {self.path}; {fix} and run the same command again"
+    return (f"{self.reason} writing {self.path}; {self.resume}; {fix} and run the same command "
+            "to resume")
 
 
 def is_disk_error(e: BaseException) -> bool:
@@ -58,11 +60,6 @@ def is_disk_error(e: BaseException) -> bool:
   if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
     return True
   return any(m in str(e) for m in _DISK_MESSAGES)
-
-
-def fix_for(reason: str) -> str:
-  return ("make it writable and run the same command" if reason == "read-only file system"
-          else "free space and run the same command")
 
 
 def disk_reason(e: BaseException) -> str:
