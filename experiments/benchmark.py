@@ -36,9 +36,9 @@ def main(argv):
   logging.set_verbosity(logging.ERROR)
   from unmix_jax import benchmark, cli, config_checks, parallel
 
-  parallel.initialize()
   config = _CONFIG.value
   with cli.one_line_errors():
+    parallel.initialize()
     config_checks.validate(config)
     if _STEPS.value < 1 or _REPEATS.value < 1 or _WARMUP.value < 0:
       raise config_checks.ConfigError(

@@ -29,12 +29,13 @@ def main(argv):
   logging.set_verbosity(logging.ERROR)  # Orbax and tfds log every file operation at INFO.
   from unmix_jax import parallel, train  # After flag parsing: keeps --help fast.
 
-  parallel.initialize()
-
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
   with cli.one_line_errors():
+    parallel.initialize()
     summary = train.train_and_evaluate(config, workdir)
+  if not parallel.is_main_process():
+    return
   t = summary["test"]
   print(f"test (unseen images, {config.data.num_test_pairs} pairs): mse {t['mse']:.5f} "
         f"psnr {t['psnr']:.2f} dB | mixture baseline mse {t['baseline_mse']:.5f} "

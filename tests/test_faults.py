@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -21,7 +22,7 @@ from tests.conftest import (ROOT, assert_one_line_error, checkpoint_steps, compa
                             random_images, run_module, single_step, summary,
                             train_smoke)
 from unmix_jax import (checkpoint, cli, config_checks, logs, preemption, profiling, runs, steps,
-                       window, workdir)
+                       train, window, workdir)
 from unmix_jax.configs import unet
 
 # The shared run's config (tests/conftest.py), which a broken run must repeat.
@@ -60,6 +61,130 @@ def test_a_signal_mid_epoch_saves_and_the_resumed_run_equals_an_unbroken_one(
   assert meta["window"]["n"] == 0 and meta["epoch"] == 1.5  # the window closed at step 6
   train_smoke(broken, **UNET_RUN)
   assert "resuming from step 6" in capsys.readouterr().out
+  assert comparable(broken) == comparable(unet_run)
+  assert summary(broken)["test"] == summary(unet_run)["test"]
+  same_final_state(broken, unet_run)
+
+
+def device_work(seconds: float):
+  """A function x -> x + (tiny) that keeps the device busy for about `seconds` (matrix products,
+  their number calibrated here): slow work that runs asynchronously, as a real step does (a
+  host callback would run inline on the dispatching thread)."""
+  def burn(x, n):
+    a = jax.lax.fori_loop(0, n, lambda i, a: jnp.tanh(a @ a), jnp.eye(512) * 0.5 + x)
+    return x + 1e-30 * jnp.sum(a)
+
+  probe = jax.jit(lambda x: burn(x, 20))
+  jax.block_until_ready(probe(jnp.float32(0)))
+  t0 = time.perf_counter()
+  jax.block_until_ready(probe(jnp.float32(0)))
+  n = max(1, int(20 * seconds / (time.perf_counter() - t0)))
+  return lambda x: burn(x, n)
+
+
+def slow_steps(monkeypatch, seconds: float) -> None:
+  """Each train step takes about `seconds` longer on the device."""
+  make, work = steps._step_function, device_work(seconds)
+
+  def slow_function(graphdef, config, tx):
+    step = make(graphdef, config, tx)
+
+    def slow_step(state, images, idx, key):
+      state, parts = step(state, images, idx, key)
+      return state, dict(parts, loss=work(parts["loss"]))  # the next call's window waits
+
+    return slow_step
+
+  monkeypatch.setattr(steps, "_step_function", slow_function)
+
+
+def test_the_host_stays_one_call_ahead_and_a_stop_waits_for_no_backlog(tmp_path, monkeypatch):
+  """Steps 0.2 s slower on the device, 20 to an epoch, one log line at its end: no call is
+  dispatched while more than one before it is unfinished, and SIGTERM 1.5 s into training
+  saves at most two steps past those finished when it came (with the epoch dispatched ahead,
+  the stop would wait for all of it)."""
+  slow_steps(monkeypatch, 0.2)
+  call, outputs, waiting = train.Programs.__call__, [], []
+
+  def counting(self, state, sums, images, n, idx):
+    waiting.append(sum(not s.is_ready() for s, _ in outputs[-5:]))
+    out = call(self, state, sums, images, n, idx)
+    outputs.append((out[1]["loss"], int(n)))
+    if len(outputs) == 1:
+      threading.Timer(1.5, lambda: (at_signal.append(finished()),
+                                    os.kill(os.getpid(), signal.SIGTERM))).start()
+    return out
+
+  finished = lambda: sum(n for s, n in outputs if s.is_ready())
+  at_signal = []
+  monkeypatch.setattr(train.Programs, "__call__", counting)
+  run_dir = str(tmp_path / "run")
+  with pytest.raises(preemption.Preempted):
+    train_smoke(run_dir, **{"data.num_train_pairs": 320, "train.steps_per_call": 1,
+                            "train.log_every": 20})
+  assert max(waiting) <= 1, waiting
+  saved = checkpoint_steps(run_dir)
+  assert len(saved) == 1 and 3 <= at_signal[0] < saved[0] <= at_signal[0] + 2, (saved, at_signal)
+  assert sum(n for _, n in outputs) == saved[0]  # nothing dispatched past the checkpoint
+
+
+def test_a_signal_with_nothing_to_save_or_a_second_signal_exits_at_once(monkeypatch):
+  """The watcher thread acts while the main thread waits on XLA (a computation of about 4 s,
+  read with np.asarray, a wait in which Python runs no signal handler): with no finished step
+  unsaved, the first signal exits; else the second does, within 2 s."""
+  exits = []
+  monkeypatch.setattr(preemption.os, "_exit", lambda code: exits.append((code, time.time())))
+  busy = jax.jit(device_work(4.0))
+  jax.block_until_ready(busy(jnp.float32(0)))  # compiled
+
+  def held_main_thread_while_signalled(*delays) -> list[float]:
+    sent = []
+
+    def send():
+      for delay in delays:
+        time.sleep(delay)
+        sent.append(time.time())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=send).start()
+    np.asarray(busy(jnp.float32(0)))
+    done = time.time()
+    assert len(sent) == len(delays) and max(sent) < done
+    assert exits and exits[-1][1] < done  # the exit came while the main thread still waited
+    return sent
+
+  with preemption.StopRequests("/w/checkpoints") as stop:
+    stop.saved(8)  # restored, compiling: nothing to save
+    sent = held_main_thread_while_signalled(0.5)
+    assert [code for code, _ in exits] == [128 + signal.SIGTERM]
+    assert exits[0][1] - sent[0] < 2.0
+  exits.clear()
+  with preemption.StopRequests("/w/checkpoints") as stop:
+    stop.unsaved = True  # a step in flight: the first signal waits for it, the second does not
+    sent = held_main_thread_while_signalled(0.3, 0.5)
+    assert [code for code, _ in exits] == [128 + signal.SIGTERM]
+    assert exits[0][1] - sent[1] < 2.0
+
+
+def test_a_signal_during_evaluation_saves_unscored_and_the_resume_evaluates_first(
+    unet_run, tmp_path, monkeypatch, capsys):
+  broken = str(tmp_path / "broken")
+  evaluate = train.Run.evaluate
+
+  def signalled(self, state, step, between_batches=None):
+    if step == 8:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return evaluate(self, state, step, between_batches)
+
+  monkeypatch.setattr(train.Run, "evaluate", signalled)
+  with pytest.raises(preemption.Preempted, match="at step 8"):
+    train_smoke(broken, **UNET_RUN)
+  monkeypatch.undo()
+  assert checkpoint_steps(broken) == [4, 8]
+  assert checkpoint.Checkpoints(broken).read_meta(8)["select_loss"] is None
+  assert max(r["step"] for r in records(broken) if r["split"] == "test") == 4
+  train_smoke(broken, **UNET_RUN)
+  assert "resuming from step 8 (epoch 2, its evaluation first)" in capsys.readouterr().out
   assert comparable(broken) == comparable(unet_run)
   assert summary(broken)["test"] == summary(unet_run)["test"]
   same_final_state(broken, unet_run)

@@ -40,6 +40,24 @@ def test_a_run_writes_logs_pictures_checkpoints_and_a_profile(unet_run):
   assert hlo.startswith("HloModule") and convs in hlo
 
 
+def test_k_step_calls_log_every_epoch_alike_and_profile_past_the_first_epoch(tmp_path,
+                                                                               tfds_data_dir):
+  """5 steps an epoch, 2 steps a call, a log line every 2 steps: calls sized on the global
+  step close a window at every even step and at each epoch's end, in every epoch; the trace of
+  steps 6-7 (in the second epoch) is written."""
+  run_dir = str(tmp_path / "run")
+  train_smoke(run_dir, **{"data.num_train_pairs": 80, "train.epochs": 3,
+                          "train.steps_per_call": 2, "profile.start_step": 5,
+                          "profile.num_steps": 2})
+  train_steps = [r["step"] for r in records(run_dir) if r["split"] == "train"]
+  assert train_steps == [2, 4, 5, 6, 8, 10, 12, 14, 15]
+  per_epoch = [sum(1 for s in train_steps if e * 5 < s <= (e + 1) * 5) for e in range(3)]
+  assert per_epoch == [3, 3, 3]
+  traces = [f for _, _, fs in os.walk(os.path.join(run_dir, "profile")) for f in fs
+            if f.endswith(".xplane.pb")]
+  assert traces
+
+
 def test_a_resumed_run_equals_the_unbroken_one_and_compiles_each_program_once(
     unet_run, copy_run, capsys, monkeypatch):
   broken = copy_run(unet_run, keep_steps=[4])  # as if stopped right after epoch 1
@@ -56,10 +74,11 @@ def test_a_resumed_run_equals_the_unbroken_one_and_compiles_each_program_once(
   assert "resuming from step 4" in capsys.readouterr().out
   assert comparable(broken) == comparable(unet_run)
   assert summary(broken)["test"] == summary(unet_run)["test"]
-  # One compile for each of the two programs (one and two steps per call), none at step 2
-  # when the step gets back the metric window it returned.
-  assert [p.one._cache_size() for p in programs] == [1]
+  # One compile of the two-step program, none at step 2 when the step gets back the metric
+  # window it returned; the steps after 4 all run two to a call (log lines at even steps, the
+  # profiled steps 3-4 lie before), so the one-step program is compiled but never called.
   assert [p.many._cache_size() for p in programs] == [1]
+  assert [p.one._cache_size() for p in programs] == [0]
 
 
 def test_more_epochs_continue_the_log_without_duplicates(unet_run, copy_run, capsys):

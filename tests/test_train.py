@@ -224,13 +224,13 @@ def test_epoch_calls_cover_the_epoch_in_order_with_the_planned_sizes():
   config.train.batch_size, config.train.steps_per_call, config.train.log_every = 2, 3, 4
   config.data.num_train_pairs = 20
   order = np.arange(2 * 2 * 10, dtype=np.int32).reshape(-1, 2)  # 10 steps of 2 pairs
-  calls = list(train.epoch_calls(config, order, 1, mesh=_mesh()))
+  calls = list(train.epoch_calls(config, order, 0, 1, mesh=_mesh()))
   assert [n for n, _ in calls] == [3, 3, 1, 1, 1]  # from step 1; log lines at 4 and 8
   rows = np.concatenate([np.asarray(idx).reshape(-1, 2) for _, idx in calls])
   np.testing.assert_array_equal(rows, order[2:])
   assert [np.asarray(idx).shape for n, idx in calls if n == 3] == [(3, 2, 2)] * 2
   config.data.stream_pairs = True  # the steps draw their own pairs: only the sizes
-  assert list(train.epoch_calls(config, None, 1, mesh=_mesh())) == [
+  assert list(train.epoch_calls(config, None, 0, 1, mesh=_mesh())) == [
       (3, None), (3, None), (1, None), (1, None), (1, None)]
 
 
@@ -278,9 +278,10 @@ def test_the_first_signal_is_recorded_and_handlers_are_restored():
 
   before = signal.getsignal(signal.SIGTERM)
   with preemption.StopRequests() as stop:
-    assert stop.signum is None
+    assert stop.signum is None and not stop.requested()
+    stop.unsaved = True  # else the watcher would exit at once: nothing to save
     os.kill(os.getpid(), signal.SIGTERM)
-    assert stop.signum == signal.SIGTERM
+    assert stop.signum == signal.SIGTERM and stop.requested()
   assert signal.getsignal(signal.SIGTERM) is before
   error = preemption.Preempted(signal.SIGTERM, 6, "/w/checkpoints")
   assert error.exit_code == 128 + signal.SIGTERM and "run the same command" in str(error).lower()

@@ -21,7 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from unmix_jax import configs
+from unmix_jax import configs, parallel
 from unmix_jax.workdir import DiskFullError, disk_writes, is_disk_error
 
 
@@ -231,6 +231,9 @@ class Checkpoints:
     try:
       with (_quiet_stderr(), _absl_filtered(_drop_disk_errors),
             disk_writes(os.path.join(self.directory, str(step)))):
+        if step in self._manager.all_steps():
+          # Saved unscored by a stop during this epoch's evaluation; the scored one replaces it.
+          self._manager.delete(step)
         self._manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -342,14 +345,16 @@ class Checkpoints:
   def _set_aside(self, steps: list[int]) -> None:
     """Moves unreadable steps out of the way (kept for inspection, never deleted), so training
     can write those step numbers again."""
-    os.makedirs(self.unreadable_dir, exist_ok=True)
-    for step in steps:
+    # Every process found the same steps unreadable; process 0 moves them.
+    for step in steps if parallel.is_main_process() else ():
+      os.makedirs(self.unreadable_dir, exist_ok=True)
       target = os.path.join(self.unreadable_dir, str(step))
       suffix = 0
       while os.path.exists(target):
         suffix += 1
         target = os.path.join(self.unreadable_dir, f"{step}.{suffix}")
       os.rename(os.path.join(self.directory, str(step)), target)
+    parallel.barrier("checkpoints set aside")
     self._manager.reload()
 
   def close(self) -> None:

@@ -144,10 +144,10 @@ def one_line_errors():
   """Known failures as one line: bad settings and data exit 2, a full or read-only disk 3, a
   stop by signal 128 + N after its checkpoint."""
   # Imported here: the flag parsing above stays fast (--help) without JAX and Orbax.
-  from unmix_jax import checkpoint, config_checks, data, preemption, runs, workdir
+  from unmix_jax import checkpoint, config_checks, data, parallel, preemption, runs, workdir
 
   known = (config_checks.ConfigError, data.DataError, checkpoint.CheckpointError, runs.RunError,
-           workdir.LockedError, FloatingPointError)
+           workdir.LockedError, parallel.LaunchError, FloatingPointError)
   try:
     yield
   except workdir.DiskFullError as e:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 import jax
 
@@ -75,7 +76,8 @@ def check_workdir(workdir: str, config) -> None:
   """The workdir must be writable and, if it holds a run, a run of the same model."""
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test.{os.getpid()}")  # own name: runs may start together
+    # Its own name: runs, and the processes of one run, may start together.
+    probe = os.path.join(workdir, f".write_test.{socket.gethostname()}.{os.getpid()}")
     with open(probe, "w") as f:
       f.write("")
     os.remove(probe)

@@ -21,28 +21,35 @@ SPLITS = {"test": "unseen images", "holdout": "unseen, for choosing", "val": "se
 
 
 def score_pairs(eval_step, state, images, pairs: np.ndarray, batch_size: int,
-                mesh=None) -> dict[str, np.ndarray]:
+                mesh=None, between_batches=None) -> dict[str, np.ndarray]:
   """Per-pair metrics (`steps.make_eval_step`) over a whole pair set [P, 2], [P] each.
 
   The last batch is padded by repeating pairs so every batch has one shape (one compilation);
   the padding is dropped before anything is averaged. With a `mesh` each batch is split over
-  its devices (the batch size rounded up to a multiple of their number).
+  its devices (the batch size rounded up to a multiple of their number). The host stays one
+  batch ahead of the device; `between_batches()`, if given, runs before each batch (a stop
+  request raises there).
   """
   n = len(pairs)
   batch_size = min(batch_size, n)
   if mesh is not None:
     batch_size = -(-batch_size // mesh.size) * mesh.size
-  chunks = []
+  chunks, pending = [], None
   for start in range(0, n, batch_size):
+    if between_batches is not None:
+      between_batches()
     idx = pairs[start:start + batch_size]
     pad = batch_size - len(idx)
     if pad:
       idx = np.concatenate([idx, np.resize(pairs, (pad, 2))])
     if mesh is not None:
       idx = parallel.shard_batch(idx, mesh)
-    chunks.append(eval_step(steps.eval_params(state), state.model_state, images, idx))
-  per_pair = jax.device_get(chunks)
-  return {k: np.concatenate([c[k] for c in per_pair])[:n] for k in per_pair[0]}
+    dispatched = eval_step(steps.eval_params(state), state.model_state, images, idx)
+    if pending is not None:
+      chunks.append(parallel.to_host(pending))
+    pending = dispatched
+  chunks.append(parallel.to_host(pending))
+  return {k: np.concatenate([c[k] for c in chunks])[:n] for k in chunks[0]}
 
 
 def summarize(per_pair: dict[str, np.ndarray]) -> dict[str, float]:

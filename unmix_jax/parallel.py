@@ -1,4 +1,4 @@
-"""Data parallelism over every device of every host, with `jax.sharding`.
+"""Data parallelism over every device of every process, and what processes decide together.
 
 One 1-D mesh with axis "data" spans all devices. Batches (index arrays [B, 2]) are split along
 it; parameters, optimizer state and the uint8 image arrays are replicated. The jitted steps are
@@ -6,27 +6,84 @@ the same on 1 or N devices: XLA's partitioner follows the input shardings and in
 all-reduces of the loss mean, the gradients and BatchNorm's batch statistics, so a global batch
 gives the same numbers as on one device (up to summation order).
 
-Several hosts: launch one process per host with the usual JAX environment
-(`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`, or a cluster JAX detects);
-`initialize()` then calls `jax.distributed.initialize()`. Every host computes the same global
-batch order (seeded) and hands over only its own rows.
+Several processes (one per host, or several on one machine): every process runs the same
+program on the same global arrays, built from its own host copy (`replicate`, `shard_batch`:
+every process holds the whole index batch and hands over the rows of its own devices). Files
+are written by process 0; what one process finds (a held lock, a stop request, an error) is
+shared so that every process takes the same branch (`main_decides`, `max_over_processes`).
+`initialize()` joins the processes from the environment (see `launch_settings`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 AXIS = "data"
+# How long a process waits for the others (and the coordinator) to join, in seconds.
+JOIN_TIMEOUT_S = 300
+_MESSAGE_BYTES = 2048
 
 
-def initialize() -> None:
-  """Joins a multi-process run when the environment describes one; a no-op otherwise."""
-  if os.environ.get("JAX_NUM_PROCESSES") or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()
+class LaunchError(RuntimeError):
+  """The environment describes a multi-process launch that cannot start; the message names the
+  variable and the fix."""
+
+
+def launch_settings(env=os.environ) -> dict | None:
+  """{"coordinator_address", "num_processes", "process_id"} from JAX_COORDINATOR_ADDRESS,
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID; {} where a SLURM or Open MPI job of several tasks
+  describes the launch (jax.distributed reads it); None for a single process. Raises
+  LaunchError for a half-set or inconsistent environment."""
+  names = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+  given = {name: env[name] for name in names if env.get(name, "") != ""}
+  if not given:
+    tasks = env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or env.get(
+        "OMPI_COMM_WORLD_SIZE") or "1"
+    return {} if tasks.isdigit() and int(tasks) > 1 else None
+  missing = [name for name in names if name not in given]
+  if missing:
+    raise LaunchError(
+        f"{', '.join(f'{n}={given[n]}' for n in given)} is set but {', '.join(missing)} "
+        f"{'is' if len(missing) == 1 else 'are'} not; set all three for every process "
+        "(README: several processes), or none for a single process.")
+  address = given["JAX_COORDINATOR_ADDRESS"]
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit():
+    raise LaunchError(f"JAX_COORDINATOR_ADDRESS={address} is not host:port (e.g. "
+                      "127.0.0.1:12355, the address of process 0 and a free port).")
+  count, index = given["JAX_NUM_PROCESSES"], given["JAX_PROCESS_ID"]
+  if not count.isdigit() or int(count) < 1:
+    raise LaunchError(f"JAX_NUM_PROCESSES={count} must be a whole number >= 1.")
+  if not index.isdigit() or int(index) >= int(count):
+    raise LaunchError(f"JAX_PROCESS_ID={index} must be a whole number from 0 to "
+                      f"{int(count) - 1} (JAX_NUM_PROCESSES={count}).")
+  return dict(coordinator_address=address, num_processes=int(count), process_id=int(index))
+
+
+def initialize(env=os.environ) -> None:
+  """Joins a multi-process run when the environment describes one (`launch_settings`); a
+  no-op otherwise. LaunchError where the processes do not all join within JOIN_TIMEOUT_S."""
+  settings = launch_settings(env)
+  if settings is None or jax.distributed.is_initialized():
+    return
+  # The loop handles SIGTERM itself (preemption.py) and agrees on the stop step; JAX's own
+  # preemption service would install a competing SIGTERM handler.
+  jax.config.update("jax_enable_preemption_service", False)
+  try:
+    jax.distributed.initialize(**settings, initialization_timeout=JOIN_TIMEOUT_S)
+  except Exception as e:  # noqa: BLE001 - the runtime reports a timeout as XlaRuntimeError
+    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    where = settings.get("coordinator_address", "the cluster's coordinator")
+    raise LaunchError(
+        f"the processes did not all join at {where} within {JOIN_TIMEOUT_S} s ({first}); "
+        "start every process with the same JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES, "
+        "each with its own JAX_PROCESS_ID.") from None
 
 
 def make_mesh() -> Mesh:
@@ -45,25 +102,97 @@ def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(None, AXIS) if stacked else PartitionSpec(AXIS))
 
 
+def _global(x, sharding: NamedSharding) -> jax.Array:
+  """A global array from this process's whole copy of `x` (host numpy or a local jax.Array):
+  each process places only the pieces of its own devices, so nothing crosses processes."""
+  if jax.process_count() == 1:
+    return jax.device_put(x, sharding)
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
 def replicate(tree, mesh: Mesh):
-  return jax.device_put(tree, replicated(mesh))
+  """Every leaf (host numpy or local arrays, the same on every process) replicated over the
+  mesh."""
+  return jax.tree.map(lambda x: _global(x, replicated(mesh)), tree)
 
 
 def shard_batch(idx: np.ndarray, mesh: Mesh) -> jax.Array:
   """Global index batch [B, 2], or a stack of them [K, B, 2] for one call of K steps (the same
-  on every host) -> array split along "data" on its batch axis.
+  on every process) -> array split along "data" on its batch axis."""
+  return _global(idx, batch_sharding(mesh, idx.ndim == 3))
 
-  Each process contributes only its contiguous share of rows.
-  """
-  stacked = idx.ndim == 3
-  sharding = batch_sharding(mesh, stacked)
+
+def to_host(tree):
+  """Numpy copies of the leaves, on every process: a leaf split across processes (per-pair
+  metrics) is gathered first."""
+  def fetch(x):
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+      return multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x))
+  return jax.tree.map(fetch, tree)
+
+
+def max_over_processes(value: int) -> int:
+  """The largest of every process's `value`, on every process; each process must call it at
+  the same point (it is a collective where there are several)."""
   if jax.process_count() == 1:
-    return jax.device_put(idx, sharding)
-  rows = idx.shape[1 if stacked else 0]
-  per_process = rows // jax.process_count()
-  start = jax.process_index() * per_process
-  local = idx[:, start:start + per_process] if stacked else idx[start:start + per_process]
-  return jax.make_array_from_process_local_data(sharding, local, idx.shape)
+    return int(value)
+  return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int32))))
+
+
+def main_decides(fn, errors: tuple[type[Exception], ...]):
+  """Runs `fn()` on process 0 only and returns its result there (None elsewhere). Where it
+  raises one of `errors` (types made from their message alone), every process raises that
+  error with process 0's message, so that no process waits for one that has stopped."""
+  if jax.process_count() == 1:
+    return fn()
+  result, error = None, None
+  if is_main_process():
+    try:
+      result = fn()
+    except errors as e:
+      error = e
+  text = _broadcast_text(f"{type(error).__name__}\n{error}" if error is not None else "")
+  if error is not None:
+    raise error
+  if text:
+    name, _, message = text.partition("\n")
+    raise next(e for e in errors if e.__name__ == name)(message)
+  return result
+
+
+def main_first(fn, errors: tuple[type[Exception], ...]):
+  """`fn()` on process 0, then (once it succeeded) on every other process: for work that
+  must not run everywhere at once, such as preparing a dataset in a shared directory."""
+  result = main_decides(fn, errors)
+  return result if is_main_process() else fn()
+
+
+def _broadcast_text(text: str) -> str:
+  data = np.zeros(_MESSAGE_BYTES, np.uint8)
+  raw = text.encode()[:_MESSAGE_BYTES]
+  data[:len(raw)] = np.frombuffer(raw, np.uint8)
+  out = np.asarray(multihost_utils.broadcast_one_to_all(data))
+  return bytes(out[out != 0].tobytes()).decode(errors="replace")
+
+
+@contextlib.contextmanager
+def held_by_main(context, errors: tuple[type[Exception], ...]):
+  """Enters the context manager `context` on process 0 only (the workdir lock); an error it
+  raises there is raised on every process (`main_decides`)."""
+  main_decides(context.__enter__, errors)
+  try:
+    yield
+  finally:
+    if is_main_process():
+      context.__exit__(None, None, None)
+
+
+def barrier(name: str) -> None:
+  """Every process waits here until all have arrived."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def is_main_process() -> bool:

@@ -1,9 +1,17 @@
-"""Stopping on SIGTERM / SIGINT without losing work: finish the step, save, exit, resume.
+"""Stopping on SIGTERM / SIGINT within a scheduler's grace period, without losing work.
 
-The first signal only sets `StopRequests.signum`; the loop then saves a checkpoint of the
-current step, with the half-full metric window (`window.MetricWindow.carry`), and raises
-`Preempted`. A second signal exits at once: checkpoints are written to a temporary directory and
-renamed when complete, so the last complete one survives.
+The first signal sets `StopRequests.signum`; the training loop, which keeps at most one call
+ahead of the device, sees it after the call in flight and saves a checkpoint of its latest
+finished step, with the half-full metric window (`window.MetricWindow.carry`), then raises
+`Preempted` (exit 128 + N). Evaluation checks between batches and is redone on resume.
+
+Python runs signal handlers only on the main thread, between bytecodes: a main thread that
+waits on XLA (a step, a compile) would hold them back. So the C-level handler's wakeup byte
+(`signal.set_wakeup_fd`) is read by a watcher thread, which acts at once where waiting would
+help nothing: on a second signal, and on a first one while no finished step waits to be saved
+(starting up, compiling, writing pictures after the last checkpoint). Both exit 128 + N
+straight away; checkpoints are written to a temporary directory and renamed when complete, so
+the last complete one survives.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+from typing import Callable
 
 
 class Preempted(Exception):
@@ -24,29 +33,112 @@ class Preempted(Exception):
         f"{directory}. Run the same command again to resume.")
 
 
+class StopNow(Exception):
+  """Raised by `StopRequests.check` where every process has agreed to stop."""
+
+
 class StopRequests:
-  """Context manager that catches SIGTERM and SIGINT; `signum` is the first one caught."""
+  """Context manager that catches SIGTERM and SIGINT; `signum` is the first one caught.
+
+  The loop keeps `saved_step` (the newest complete checkpoint, or None) and `unsaved` (whether
+  finished steps wait for a checkpoint) current, so the watcher knows when it may exit at once.
+  `agree(signum) -> int`: the largest signal number any process caught (0: none), the same on
+  every process (`parallel.max_over_processes`); the identity in a single process. `at_exit`: cleanups (releasing the
+  workdir lock) run before an immediate exit.
+  """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-  def __init__(self):
+  def __init__(self, directory: str = "", agree: Callable[[int], int] = int):
     self.signum = None
+    self.directory = directory
+    self.saved_step: int | None = None
+    self.unsaved = False
+    self.agree = agree
+    self.at_exit: list[Callable[[], None]] = []
+    self._received = 0
+    self._lock = threading.Lock()
     self._previous = {}
+    self._pipe = None
+    self._previous_fd = None
+
+  def requested(self) -> bool:
+    """Whether to stop now: the same answer on every process, at the same call (a process
+    that caught no signal itself takes the others')."""
+    signum = self.agree(self.signum or 0)
+    if signum and self.signum is None:
+      self.signum = signum
+    return bool(signum)
+
+  def check(self) -> None:
+    """Raises StopNow where a stop was requested (`requested`)."""
+    if self.requested():
+      raise StopNow()
+
+  def saved(self, step: int | None) -> None:
+    """A checkpoint of `step` is complete (or was restored): nothing waits to be saved."""
+    self.saved_step, self.unsaved = step, False
+
+  def _signal(self, signum: int) -> None:
+    """One signal, from the watcher (or from the Python handler where there is no watcher)."""
+    with self._lock:
+      self._received += 1
+      again = self._received > 1  # this process's own second signal
+      if self.signum is None:
+        self.signum = signum
+      immediate = again or not self.unsaved
+    name = signal.Signals(signum).name
+    if immediate:
+      where = (f"the latest checkpoint is step {self.saved_step} in {self.directory}"
+               if self.saved_step is not None else "no checkpoint was written yet")
+      why = "again: exiting at once" if again else "with no unsaved step: exiting"
+      self._exit_now(signum, f"\n{name} {why}; {where}. Run the same command again to resume.")
+    print(f"\n{name} received: saving a checkpoint of the step in progress, then exiting "
+          "(send it again to exit at once).", file=sys.stderr, flush=True)
+
+  def _exit_now(self, signum: int, message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+    for cleanup in self.at_exit:
+      try:
+        cleanup()
+      except Exception:  # noqa: BLE001 - exiting regardless
+        pass
+    os._exit(128 + signum)
 
   def _handle(self, signum, frame):
     del frame
-    if self.signum is not None:
-      os._exit(128 + signum)
-    self.signum = signum
-    print(f"\n{signal.Signals(signum).name} received: finishing the current step and saving a "
-          "checkpoint (send it again to exit at once).", file=sys.stderr, flush=True)
+    if self._pipe is None:  # no watcher (not the main thread's wakeup fd): act here
+      self._signal(signum)
+    elif self.signum is None:  # the watcher counts it; the loop may look before it does
+      self.signum = signum
+
+  def _watch(self, fd: int) -> None:
+    try:
+      while data := os.read(fd, 64):  # empty: the context ended and closed the other end
+        for byte in data:
+          if byte in self.SIGNALS:
+            self._signal(byte)
+    finally:
+      os.close(fd)
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():  # Python only allows it there.
-      for sig in self.SIGNALS:
-        self._previous[sig] = signal.signal(sig, self._handle)
+    if threading.current_thread() is not threading.main_thread():
+      return self  # Python only allows handlers there; signals then stop nothing here
+    for sig in self.SIGNALS:
+      self._previous[sig] = signal.signal(sig, self._handle)
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    self._previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    self._pipe = (read, write)
+    threading.Thread(target=self._watch, args=(read,), name="stop-requests",
+                     daemon=True).start()
     return self
 
   def __exit__(self, *exc):
+    if self._pipe is not None:
+      signal.set_wakeup_fd(self._previous_fd if self._previous_fd is not None else -1)
+      os.close(self._pipe[1])  # the watcher reads end-of-file and ends
+      self._pipe = None
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+    self._previous = {}

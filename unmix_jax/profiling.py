@@ -17,10 +17,12 @@ from unmix_jax.workdir import disk_writes, replaced
 
 
 class StepProfiler:
-  def __init__(self, profile_cfg, workdir: str):
-    self.start = int(profile_cfg.start_step)
+  """`enabled=False` (every process but the first of a multi-process run) traces nothing."""
+
+  def __init__(self, profile_cfg, workdir: str, enabled: bool = True):
+    self.start = int(profile_cfg.start_step) if enabled else -1
     self.stop = self.start + int(profile_cfg.num_steps)
-    self.dump_hlo_enabled = bool(profile_cfg.dump_hlo)
+    self.dump_hlo_enabled = enabled and bool(profile_cfg.dump_hlo)
     self.directory = os.path.join(workdir, "profile")
     self.active = False
 

@@ -24,26 +24,26 @@ from unmix_jax import (backend, checkpoint, config_checks, data, evaluation, log
 from unmix_jax import workdir as workdir_lib
 
 
-def call_size(config, done: int, left: int) -> int:
-  """Steps the next train-step call runs, `done` steps into training with `left` left in the
+def call_size(config, step: int, left: int) -> int:
+  """Steps the next train-step call runs from global step `step`, with `left` steps left in the
   epoch: `config.train.steps_per_call` when that many fit before the next log line, the
-  epoch's end and the profiled steps, else 1. The boundaries depend on the step count only,
-  so a resumed run makes the same calls as an unbroken one."""
+  epoch's end and the profiled steps, else 1. The boundaries depend on the global step only,
+  so every epoch logs alike and a resumed run makes the same calls as an unbroken one."""
   k = config.train.steps_per_call
   p = config.profile
-  to_log = config.train.log_every - done % config.train.log_every
-  profiled = p.start_step >= 0 and done < p.start_step + p.num_steps and done + k > p.start_step
+  to_log = config.train.log_every - step % config.train.log_every
+  profiled = p.start_step >= 0 and step < p.start_step + p.num_steps and step + k > p.start_step
   return k if k <= min(to_log, left) and not profiled else 1
 
 
-def epoch_calls(config, order: np.ndarray | None, first: int, mesh):
-  """Yields (n, idx) for each call of the epoch from its step `first` on: n steps and their
+def epoch_calls(config, order: np.ndarray | None, epoch: int, first: int, mesh):
+  """Yields (n, idx) for each call of epoch `epoch` from its step `first` on: n steps and their
   index pairs, sharded as the call takes them ([B, 2] for one step, [n, B, 2] for several);
   idx is None where the steps draw their own pairs (`order` None, config.data.stream_pairs)."""
   b, per_epoch = config.train.batch_size, steps.steps_per_epoch(config)
   done = first
   while done < per_epoch:
-    n = call_size(config, done, per_epoch - done)
+    n = call_size(config, epoch * per_epoch + done, per_epoch - done)
     idx = None
     if order is not None:
       rows = order[done * b:(done + n) * b]
@@ -56,21 +56,23 @@ class Programs:
   """The jitted train step for one and for `steps_per_call` steps per call, compiled before the
   first step (so no log window's images/s includes a compile), and a zero metric window."""
 
-  def __init__(self, graphdef, config, tx, state, images, sample_idx, key, mesh):
-    """`sample_idx`: index pairs shaped and sharded like one step's ([B, 2]), or None where the
-    steps draw their own."""
+  def __init__(self, graphdef, config, tx, state, images, sample_rows, key, mesh):
+    """`sample_rows`: one step's index pairs [B, 2] (host numpy), or None where the steps draw
+    their own."""
     self.key = key
     self.one = steps.make_train_step(graphdef, config, tx)
     self.many = steps.make_train_step(graphdef, config, tx, stacked=True)
+    sample = None if sample_rows is None else parallel.shard_batch(sample_rows, mesh)
+    self.sample = sample
     # Replicated like the windows the step returns: a window on one device only would make jit
     # compile the step a second time at step 2 (a different input sharding).
     self.zeros = parallel.replicate(
-        steps.zero_window(graphdef, config, tx, state, images, sample_idx, key), mesh)
-    self.one.lower(state, self.zeros, images, sample_idx, key).compile()
+        steps.zero_window(graphdef, config, tx, state, images, sample, key), mesh)
+    self.one.lower(state, self.zeros, images, sample, key).compile()
     k = config.train.steps_per_call
     if k > 1:
-      stack = (None if sample_idx is None else
-               parallel.shard_batch(np.tile(np.asarray(sample_idx), (k, 1, 1)), mesh))
+      stack = (None if sample_rows is None else
+               parallel.shard_batch(np.tile(sample_rows, (k, 1, 1)), mesh))
       self.many.lower(state, self.zeros, images, stack, key).compile()
 
   def __call__(self, state, sums, images, n: int, idx):
@@ -89,66 +91,77 @@ def _progress(total: int, initial: int, enabled: bool):
 
 def train_and_evaluate(config, workdir: str, *, show_progress: bool = True) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final
-  summary (also written to `workdir/summary.json`)."""
+  summary (also written to `workdir/summary.json`). Every process of a multi-process run calls
+  it alike."""
   config_checks.validate(config)
   config_checks.check_workdir(workdir, config)
-  with workdir_lib.Lock(workdir, enabled=parallel.is_main_process()):
+  lock = workdir_lib.Lock(workdir)
+  with (preemption.StopRequests(agree=parallel.max_over_processes) as stop,
+        parallel.held_by_main(lock, (workdir_lib.LockedError,))):
+    stop.at_exit.append(lock.release)
     ckpts = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints)
+    stop.directory = ckpts.directory
     try:
-      return _train_and_evaluate(config, workdir, ckpts, show_progress)
+      return _train_and_evaluate(config, workdir, ckpts, stop, show_progress)
     except workdir_lib.DiskFullError as e:
       raise e.resumable(ckpts.latest_step(), ckpts.directory)
     finally:
       ckpts.close()  # also on errors: Orbax's background threads must stop before exit
 
 
-def _train_and_evaluate(config, workdir, ckpts, show_progress) -> dict[str, Any]:
+def _train_and_evaluate(config, workdir, ckpts, stop, show_progress) -> dict[str, Any]:
   run = Run(config, workdir, ckpts)
-  state, start = run.state, run.start_step
-  spe, epochs = run.steps_per_epoch, config.train.epochs
+  stop.saved(run.restored_step)
+  state, spe, epochs = run.state, run.steps_per_epoch, config.train.epochs
   metric_window = window.MetricWindow(run.programs.zeros, run.carried, run.replicate)
-  bar = _progress(spe * epochs, start, show_progress and run.main_process)
-  profiler, results = run.profiler, None
+  bar = _progress(spe * epochs, run.start_step, show_progress and run.main_process)
+  in_flight, results = window.InFlight(), None
   try:
-    with preemption.StopRequests() as stop:
-      for epoch in range(start // spe, epochs):
-        first = start - epoch * spe if epoch == start // spe else 0
-        step = epoch * spe + first
-        metric_window.restart_clock()
-        t_epoch = time.time()
-        order = data.epoch_pairs(run.pair_data, config.data, config.seed, epoch)
-        for n, idx in epoch_calls(config, order, first, run.mesh):
-          step += n
-          with profiler.step(step):
-            state, sums = run.programs(state, metric_window.sums, run.train_images, n, idx)
-          profiler.finish_step(step, state)
-          metric_window.add(sums, n)
-          run.log_train(metric_window.read(), bar)  # the window closed before this call
-          if step % config.train.log_every == 0 or step == (epoch + 1) * spe:
-            metric_window.close(step)
-          if bar is not None:
-            bar.update(n)
-          if stop.signum is not None and step < (epoch + 1) * spe:
-            run.log_train(metric_window.read(), bar)
-            run.save(step, state, window=metric_window.carry())
-            raise preemption.Preempted(stop.signum, step, ckpts.directory)
-        run.log_train(metric_window.read(), bar)
-        jax.block_until_ready(state)
-        run.train_seconds += time.time() - t_epoch
-        results = run.evaluate(state, step)
-        run.save(step, state, select_loss=results[run.select_split]["loss"])
-        if bar is not None:
-          bar.write(f"epoch {epoch + 1}/{epochs} step {step}: " + " | ".join(
-              f"{split} loss {r['loss']:.4f} psnr {r['psnr']:.2f} (gain {r['psnr_gain']:+.2f})"
-              for split, r in results.items()))
-        if stop.signum is not None and epoch + 1 < epochs:
-          raise preemption.Preempted(stop.signum, step, ckpts.directory)
+    for epoch in range(run.first_epoch, epochs):
+      step, end = max(run.start_step, epoch * spe), (epoch + 1) * spe
+      metric_window.restart_clock()
+      t_epoch = time.time()
+      order = data.epoch_pairs(run.pair_data, config.data, config.seed, epoch)
+      for n, idx in epoch_calls(config, order, epoch, step - epoch * spe, run.mesh):
+        step += n
+        with run.profiler.step(step):
+          state, sums = run.programs(state, metric_window.sums, run.train_images, n, idx)
+        stop.unsaved = True
+        metric_window.add(sums, n)
+        _advance(bar, in_flight.wait_for_previous(sums, n))  # the host stays one call ahead
+        run.profiler.finish_step(step, state)
+        run.log_train(metric_window.read(), bar)  # the window closed before this call
+        if step % config.train.log_every == 0 or step == end:
+          metric_window.close(step)
+        if step < end and stop.requested():
+          run.stop(stop.signum, step, state, metric_window, bar)
+      run.log_train(metric_window.read(), bar)
+      _advance(bar, in_flight.drain())
+      jax.block_until_ready(state)
+      run.train_seconds += time.time() - t_epoch
+      try:
+        results = run.evaluate(state, step, between_batches=stop.check)
+      except preemption.StopNow:  # saved without scores: the resumed run evaluates first
+        run.stop(stop.signum, step, state, metric_window, bar)
+      run.save(step, state, select_loss=results[run.select_split]["loss"])
+      stop.saved(step)
+      if bar is not None:
+        bar.write(f"epoch {epoch + 1}/{epochs} step {step}: " + " | ".join(
+            f"{split} loss {r['loss']:.4f} psnr {r['psnr']:.2f} (gain {r['psnr_gain']:+.2f})"
+            for split, r in results.items()))
+      if epoch + 1 < epochs and stop.requested():
+        raise preemption.Preempted(stop.signum, step, ckpts.directory)
   finally:
-    profiler.close()
+    run.profiler.close()
     if bar is not None:
       bar.close()
     run.writer.close()
   return run.finish(state, results)
+
+
+def _advance(bar, steps_finished: int) -> None:
+  if bar is not None and steps_finished:
+    bar.update(steps_finished)
 
 
 class Run:
@@ -160,30 +173,36 @@ class Run:
     self.config, self.workdir, self.ckpts = config, workdir, ckpts
     self.t_start = time.time()
     self.train_seconds = 0.0
-    self.steps_per_epoch = steps.steps_per_epoch(config)
-    self.tx = steps.make_optimizer(config, self.steps_per_epoch * config.train.epochs)
+    self.main_process = parallel.is_main_process()  # only it writes logs, pictures, summaries
+    self.mesh = parallel.make_mesh()
+    self.steps_per_epoch = spe = steps.steps_per_epoch(config)
+    self.tx = steps.make_optimizer(config, spe * config.train.epochs)
     self.graphdef, state = steps.create_train_state(config, self.tx)
-    print(steps.model_summary(config, state), flush=True)
+    self.say(steps.model_summary(config, state))
     self.model_meta = json.loads(config.model.to_json())
-    restored = ckpts.restore_latest(state, model=self.model_meta)
-    self.carried = None  # a metric window a stopped run saved mid-epoch
+    # Restored straight into the replicated layout: every process reads its own copy.
+    restored = ckpts.restore_latest(self.replicate(state), model=self.model_meta)
+    self.carried = self.restored_step = None  # the metric window a stopped run saved
+    pending = False  # a stop during an epoch's evaluation saved that epoch's last step unscored
     if restored is not None:
       state, meta = restored
+      self.restored_step = int(state.step)
       self.carried = meta.get("window")
-      print(f"resuming from step {int(state.step)} (epoch {meta['epoch']:g}) in "
-            f"{ckpts.directory}", flush=True)
+      pending = self.carried is not None and self.restored_step % spe == 0
+      self.say(f"resuming from step {self.restored_step} (epoch {meta['epoch']:g}"
+               f"{', its evaluation first' if pending else ''}) in {ckpts.directory}")
     self.start_step = int(state.step)
-    self.main_process = parallel.is_main_process()  # only it writes logs, pictures, summaries
+    self.first_epoch = self.start_step // spe - pending
     if self.main_process:  # only once the workdir is known to belong to this model
       logs.write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
-    self.mesh = parallel.make_mesh()
-    print(f"data parallel over {self.mesh.size} device{'s' if self.mesh.size > 1 else ''} "
-          f"({jax.default_backend()}, {jax.process_count()} process(es)): global batch "
-          f"{config.train.batch_size}, {config.train.batch_size // self.mesh.size} per device; "
-          f"compute dtype {config.train.compute_dtype}, convs as "
-          f"{backend.describe(config.train.conv_impl)}", flush=True)
+    self.say(f"data parallel over {self.mesh.size} device{'s' if self.mesh.size > 1 else ''} "
+             f"({jax.default_backend()}, {jax.process_count()} process(es)): global batch "
+             f"{config.train.batch_size}, {config.train.batch_size // self.mesh.size} per "
+             f"device; compute dtype {config.train.compute_dtype}, convs as "
+             f"{backend.describe(config.train.conv_impl)}")
     self.state = self.replicate(state)
-    self.pair_data = pairs = data.load(config)
+    # Process 0 first: where tfds must download and prepare CIFAR-10, it does so alone.
+    self.pair_data = pairs = parallel.main_first(lambda: data.load(config), (data.DataError,))
     self.train_images = self.replicate(pairs.train_images)
     # Scored after every epoch: split -> (images, pairs indexing them).
     self.splits = {split: (self.train_images if split == "val" else self.replicate(images),
@@ -192,15 +211,19 @@ class Run:
     self.select_split = "holdout" if "holdout" in self.splits else "val"
     self.eval_step = steps.make_eval_step(self.graphdef, config)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1)
-    sample = (None if config.data.stream_pairs else
-              parallel.shard_batch(pairs.train_pairs[:config.train.batch_size], self.mesh))
-    self.programs = Programs(self.graphdef, config, self.tx, self.state, self.train_images,
-                             sample, key, self.mesh)
-    self.profiler = profiling.StepProfiler(config.profile, workdir)
-    self.profiler.dump_hlo(self.programs.one, self.state, self.programs.zeros,
-                           self.train_images, sample, key)
+    sample_rows = None if config.data.stream_pairs else pairs.train_pairs[:config.train.batch_size]
+    self.programs = p = Programs(self.graphdef, config, self.tx, self.state, self.train_images,
+                                 sample_rows, key, self.mesh)
+    # Process 0 traces its own devices; the others run the same steps untraced.
+    self.profiler = profiling.StepProfiler(config.profile, workdir, enabled=self.main_process)
+    self.profiler.dump_hlo(p.one, self.state, p.zeros, self.train_images, p.sample, key)
     self.writer = logs.MetricWriter(workdir, resume_step=self.start_step,
                                     enabled=self.main_process)
+
+  def say(self, text: str) -> None:
+    """A line of the run's log, printed once (by process 0)."""
+    if self.main_process:
+      print(text, flush=True)
 
   def replicate(self, tree):
     return parallel.replicate(tree, self.mesh)
@@ -220,18 +243,26 @@ class Run:
       bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{means['images_per_s']:.0f}",
                       refresh=False)
 
-  def evaluate(self, state, step: int) -> dict[str, dict[str, float]]:
-    """Scores the val (seen images) and test (unseen images) pairs and logs the means."""
-    results = {split: self.score(state, split) for split in self.splits}
+  def evaluate(self, state, step: int, between_batches=None) -> dict[str, dict[str, float]]:
+    """Scores the val (seen images) and test (unseen images) pairs and logs the means;
+    `between_batches()` is called before each batch (a stop request raises there)."""
+    results = {split: self.score(state, split, between_batches) for split in self.splits}
     for split, means in results.items():
       self.writer.write(step, split, means, epoch=step // self.steps_per_epoch)
     return results
 
-  def score(self, state, split: str) -> dict[str, float]:
+  def score(self, state, split: str, between_batches=None) -> dict[str, float]:
     """Means over the split's pairs (`evaluation.summarize`)."""
     images, pairs = self.splits[split]
     return evaluation.summarize(evaluation.score_pairs(
-        self.eval_step, state, images, pairs, self.config.train.eval_batch_size, self.mesh))
+        self.eval_step, state, images, pairs, self.config.train.eval_batch_size, self.mesh,
+        between_batches))
+
+  def stop(self, signum: int, step: int, state, metric_window, bar) -> None:
+    """Saves a checkpoint of `step` with the open metric window and raises Preempted."""
+    self.log_train(metric_window.read(), bar)
+    self.save(step, state, window=metric_window.carry())
+    raise preemption.Preempted(signum, step, self.ckpts.directory)
 
   def save(self, step: int, state, *, select_loss: float | None = None,
            window: dict | None = None) -> None:
@@ -264,8 +295,10 @@ class Run:
     return summary
 
   def save_pictures(self, state) -> None:
-    """reconstructions.png (eight unseen test mixtures) and loss_curves.png."""
+    """reconstructions.png (eight unseen test mixtures) and loss_curves.png, computed from a
+    host copy of the (replicated) state, so process 0 needs no other process."""
     config = self.config
+    state = jax.device_get(state)
     m, x1, x2 = data.mix_batch(jnp.asarray(self.pair_data.test_images),
                                jnp.asarray(self.pair_data.test_pairs[:8]))
     x1_hat, x2_hat = steps.make_predict(self.graphdef, config)(state, m)

@@ -82,3 +82,28 @@ class MetricWindow:
   def carry(self) -> dict:
     """The open window as JSON ({"n", "sums"}), for a checkpoint taken mid-window."""
     return dict(n=self.steps, sums={k: float(v) for k, v in jax.device_get(self.sums).items()})
+
+
+class InFlight:
+  """Keeps the host at most one call ahead of the device: a stop request, the progress bar and
+  a log line then describe steps the device has run, and nothing waits behind a backlog."""
+
+  def __init__(self):
+    self._last = None  # (an output of the newest call, its steps)
+
+  def wait_for_previous(self, output, steps: int) -> int:
+    """After dispatching a call of `steps` steps (`output`: any of its results): waits for the
+    call before it and returns how many steps that one ran (0 for the first)."""
+    previous, self._last = self._last, (output, steps)
+    if previous is None:
+      return 0
+    jax.block_until_ready(previous[0])
+    return previous[1]
+
+  def drain(self) -> int:
+    """Waits for the newest call; returns its steps (0 when none is in flight)."""
+    last, self._last = self._last, None
+    if last is None:
+      return 0
+    jax.block_until_ready(last[0])
+    return last[1]

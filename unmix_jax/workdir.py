@@ -100,18 +100,15 @@ def replaced(path: str):
 
 class Lock:
   """Context manager holding `workdir/run.lock` for this process; LockedError when another live
-  run holds it. `enabled=False` (processes other than the first of a multi-host run) does
-  nothing. A run that ends empties the file rather than removing it: a run that opened it just
-  before could otherwise hold a lock on a file that the next one no longer sees."""
+  run holds it (a multi-process run: process 0 holds it for all, `parallel.held_by_main`). A
+  run that ends empties the file rather than removing it: a run that opened it just before
+  could otherwise hold a lock on a file that the next one no longer sees."""
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str):
     self.path = os.path.join(workdir, LOCK_FILE)
-    self.enabled = enabled
     self._fd = None
 
   def __enter__(self):
-    if not self.enabled:
-      return self
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -135,6 +132,10 @@ class Lock:
     return self
 
   def __exit__(self, *exc):
+    self.release()
+
+  def release(self) -> None:
+    """Gives the workdir back (also from a process about to exit at once)."""
     if self._fd is not None:
       try:
         os.ftruncate(self._fd, 0)  # empty: released cleanly (the file stays, see `Lock`)
