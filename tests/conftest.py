@@ -94,6 +94,16 @@ def comparable(workdir) -> list[dict]:
   return [{k: v for k, v in r.items() if k not in drop} for r in records(workdir)]
 
 
+def same_final_state(a, b) -> None:
+  """The latest checkpoints of two runs hold the same state, bit for bit."""
+  from unmix_jax import runs
+
+  _, _, state_a, _ = runs.restore(a, "latest")
+  _, _, state_b, _ = runs.restore(b, "latest")
+  for x, y in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+    np.testing.assert_array_equal(x, y)
+
+
 def summary(workdir) -> dict:
   with open(os.path.join(workdir, "summary.json")) as f:
     return json.load(f)

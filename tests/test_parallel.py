@@ -1,18 +1,27 @@
-"""Data parallel across (simulated) devices and bfloat16 compute."""
+"""Data parallel across (simulated) devices and across processes on the loopback address, and
+bfloat16 compute."""
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from tests.conftest import ROOT, random_images, records, single_step, train_smoke
-from unmix_jax import runs, steps
+from tests.conftest import (ROOT, checkpoint_steps, comparable, random_images, records,
+                            run_module, same_final_state, single_step, summary, train_smoke)
+from unmix_jax import parallel, runs, steps
 from unmix_jax.configs import unet
 
+# The runs compared here: the smoke preset for 5 epochs (20 steps of a global batch of 16).
+EPOCHS = 5
+ARGS = ["--config=configs/unet.py:smoke", f"--config.train.epochs={EPOCHS}"]
 # A smoke run on two simulated devices (where 'auto' picks the matrix-product convs), with the
 # shards of one index batch.
 TWO_DEVICE_RUN = """
@@ -23,20 +32,39 @@ from tests.conftest import train_smoke
 mesh = parallel.make_mesh()
 x = parallel.shard_batch(np.zeros((16, 2), np.int32), mesh)
 print(json.dumps([list(s.data.shape) for s in x.addressable_shards]))
-train_smoke(sys.argv[1])
+train_smoke(sys.argv[1], **{"train.epochs": int(sys.argv[2])})
 """
 
 
-def test_two_devices_match_one_device(tmp_path, tfds_data_dir):
-  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+@pytest.fixture(scope="module")
+def two_devices(tmp_path_factory, tfds_data_dir):
+  """One process with two (simulated) CPU devices: (workdir, its stdout)."""
+  run_dir = str(tmp_path_factory.mktemp("two_devices") / "run")
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2")
-  out = subprocess.run([sys.executable, "-c", TWO_DEVICE_RUN, two], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
+  out = subprocess.run([sys.executable, "-c", TWO_DEVICE_RUN, run_dir, str(EPOCHS)], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert json.loads(out.stdout.splitlines()[0]) == [[8, 2], [8, 2]]  # the batch is split
-  assert "data parallel over 2 devices" in out.stdout and "convs as cpu (auto)" in out.stdout
-  train_smoke(one, **{"train.conv_impl": "cpu"})  # the same convs on one device
+  return run_dir, out.stdout
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory, tfds_data_dir):
+  """Two processes of one device each on the loopback address, as README's launch starts
+  them: (workdir, the launch's CompletedProcess)."""
+  run_dir = str(tmp_path_factory.mktemp("two_processes") / "run")
+  out = run_module("experiments.launch", "--processes=2", "experiments.train", *ARGS,
+                   f"--workdir={run_dir}")
+  assert out.returncode == 0, out.stderr[-3000:]
+  return run_dir, out
+
+
+def test_two_devices_match_one_device(two_devices, tmp_path):
+  two, stdout = two_devices
+  assert json.loads(stdout.splitlines()[0]) == [[8, 2], [8, 2]]  # the batch is split
+  assert "data parallel over 2 devices" in stdout and "convs as cpu (auto)" in stdout
+  one = str(tmp_path / "one")
+  train_smoke(one, **{"train.conv_impl": "cpu", "train.epochs": EPOCHS})  # the same convs
   assert [(r["split"], r["step"]) for r in records(one)] == [
       (r["split"], r["step"]) for r in records(two)]
   for a, b in zip(records(one), records(two)):
@@ -47,6 +75,72 @@ def test_two_devices_match_one_device(tmp_path, tfds_data_dir):
   _, _, state_two, _ = runs.restore(two, "latest")
   for a, b in zip(jax.tree.leaves(state_one.params), jax.tree.leaves(state_two.params)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_two_processes_equal_two_devices_in_one_process(two_processes, two_devices):
+  """The same global batch over two processes of one device each and over one process of two
+  devices: the same numbers, bit for bit, and files written once."""
+  run_dir, launch = two_processes
+  assert "data parallel over 2 devices (cpu, 2 process(es))" in launch.stdout
+  assert launch.stdout.count("model unet:") == 1  # process 0 alone prints the run's log
+  assert comparable(run_dir) == comparable(two_devices[0])
+  assert summary(run_dir)["test"] == summary(two_devices[0])["test"]
+  same_final_state(run_dir, two_devices[0])
+  assert checkpoint_steps(run_dir) == checkpoint_steps(two_devices[0])
+
+
+def start_processes(run_dir: str) -> list[subprocess.Popen]:
+  """The two processes of a launch, started one by one so each can be signalled."""
+  return [subprocess.Popen([sys.executable, "-m", "experiments.train", *ARGS,
+                            f"--workdir={run_dir}"], cwd=ROOT, env=dict(env, JAX_PLATFORMS="cpu"),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+          for env, _ in parallel.local_launch(2)]
+
+
+def wait_for_checkpoint(run_dir: str, step: int, procs) -> None:
+  deadline = time.time() + 300
+  while not (os.path.isdir(os.path.join(run_dir, "checkpoints")) and any(
+      s >= step for s in checkpoint_steps(run_dir))):
+    assert all(p.poll() is None for p in procs) and time.time() < deadline, [
+        p.communicate()[1][-2000:] for p in procs if p.poll() is not None]
+    time.sleep(0.05)
+
+
+def test_faults_across_processes_and_the_relaunch_ends_as_an_unbroken_run(two_processes,
+                                                                          tmp_path):
+  """SIGTERM to both processes: both stop at the same step with one checkpoint of it, exit
+  143. SIGKILL of process 1 later: process 0 ends within 60 s with one `error:` line. The
+  same launch then finishes equal to the unbroken two-process run."""
+  run_dir = str(tmp_path / "run")
+  procs = start_processes(run_dir)
+  wait_for_checkpoint(run_dir, 4, procs)
+  for p in procs:
+    p.send_signal(signal.SIGTERM)
+  outs = [p.communicate(timeout=120) for p in procs]
+  assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2, outs[0][1][-2000:]
+  # At a step both reached (a checkpoint of it), or, where the signal came with nothing left
+  # to save, at the latest checkpoint.
+  stopped = {int(re.search(r"(?:at step|latest checkpoint is step) (\d+)", err).group(1))
+             for _, err in outs}
+  assert len(stopped) == 1 and max(checkpoint_steps(run_dir)) == stopped.pop()
+
+  procs = start_processes(run_dir)
+  wait_for_checkpoint(run_dir, 12, procs)
+  procs[1].kill()
+  t0 = time.time()
+  _, stderr = procs[0].communicate(timeout=120)
+  assert time.time() - t0 < 60 and procs[0].returncode == 4, stderr[-2000:]
+  last = stderr.strip().splitlines()[-1]
+  assert last.startswith("error: another process of this run stopped") and "resume" in last
+  assert "Traceback" not in stderr
+  procs[1].communicate()
+
+  again = run_module("experiments.launch", "--processes=2", "experiments.train", *ARGS,
+                     f"--workdir={run_dir}")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert comparable(run_dir) == comparable(two_processes[0])
+  assert summary(run_dir)["test"] == summary(two_processes[0])["test"]
+  same_final_state(run_dir, two_processes[0])
 
 
 def fixed_batch_losses(dtype, num_steps=25):

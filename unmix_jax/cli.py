@@ -2,7 +2,8 @@
 line on stderr (`error: ...`) and an exit code, never a traceback.
 
 Exit codes: 2 a bad setting or input (a flag, a config field, a workdir, data), 3 the disk
-(no space left, read-only), 128 + N stopped by signal N after saving.
+(no space left, read-only), 4 another process of a multi-process run stopped, 128 + N stopped
+by signal N after saving.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 
 from absl import app, flags
 
-BAD_INPUT, DISK = 2, 3
+BAD_INPUT, DISK, LOST_PROCESS = 2, 3, 4
 
 
 class UsageError(ValueError):
@@ -152,6 +153,8 @@ def one_line_errors():
     yield
   except workdir.DiskFullError as e:
     fail(str(e), DISK)
+  except parallel.ProcessLost as e:
+    fail(str(e), LOST_PROCESS)
   except known as e:
     fail(str(e))
   except OSError as e:

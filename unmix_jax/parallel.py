@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 
 import jax
 import numpy as np
@@ -30,9 +31,26 @@ JOIN_TIMEOUT_S = 300
 _MESSAGE_BYTES = 2048
 
 
+# A process that stops unannounced is noticed by the others at their next collective (its
+# sockets close) or, where they wait on the coordinator, once it misses heartbeats this long.
+HEARTBEAT_TIMEOUT_S = 30
+# What the runtime's errors say when another process of the run is gone.
+_LOST_PROCESS = ("gloo", "connection reset by peer", "connection closed by peer", "heartbeat",
+                 "coordination service", "barrier")
+
+
 class LaunchError(RuntimeError):
   """The environment describes a multi-process launch that cannot start; the message names the
   variable and the fix."""
+
+
+class ProcessLost(RuntimeError):
+  """Another process of a multi-process run stopped; the message says how to resume."""
+
+
+def lost_process(e: BaseException) -> bool:
+  """Whether `e` is the runtime reporting that another process of this run is gone."""
+  return jax.process_count() > 1 and any(s in str(e).lower() for s in _LOST_PROCESS)
 
 
 def launch_settings(env=os.environ) -> dict | None:
@@ -76,7 +94,8 @@ def initialize(env=os.environ) -> None:
   # preemption service would install a competing SIGTERM handler.
   jax.config.update("jax_enable_preemption_service", False)
   try:
-    jax.distributed.initialize(**settings, initialization_timeout=JOIN_TIMEOUT_S)
+    jax.distributed.initialize(**settings, initialization_timeout=JOIN_TIMEOUT_S,
+                               heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
   except Exception as e:  # noqa: BLE001 - the runtime reports a timeout as XlaRuntimeError
     first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
     where = settings.get("coordinator_address", "the cluster's coordinator")
@@ -84,6 +103,21 @@ def initialize(env=os.environ) -> None:
         f"the processes did not all join at {where} within {JOIN_TIMEOUT_S} s ({first}); "
         "start every process with the same JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES, "
         "each with its own JAX_PROCESS_ID.") from None
+
+
+def local_launch(processes: int, env=os.environ) -> list[tuple[dict, set[int] | None]]:
+  """(environment, cores) of each process of a run on this machine (`experiments.launch`):
+  the coordinator on 127.0.0.1 at a free port, and each process's share of this process's
+  cores (None where there are fewer cores than processes)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+  share = len(cores) // processes
+  return [(dict(env, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i)),
+           set(cores[i * share:(i + 1) * share]) if share else None)
+          for i in range(processes)]
 
 
 def make_mesh() -> Mesh:

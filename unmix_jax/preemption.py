@@ -7,11 +7,11 @@ finished step, with the half-full metric window (`window.MetricWindow.carry`), t
 
 Python runs signal handlers only on the main thread, between bytecodes: a main thread that
 waits on XLA (a step, a compile) would hold them back. So the C-level handler's wakeup byte
-(`signal.set_wakeup_fd`) is read by a watcher thread, which acts at once where waiting would
-help nothing: on a second signal, and on a first one while no finished step waits to be saved
-(starting up, compiling, writing pictures after the last checkpoint). Both exit 128 + N
-straight away; checkpoints are written to a temporary directory and renamed when complete, so
-the last complete one survives.
+(`signal.set_wakeup_fd`) is read by a watcher thread, which acts where waiting would help
+nothing: a second signal exits at once, and a first one while no finished step waits to be
+saved (starting up, compiling, writing pictures after the last checkpoint) exits unless the
+loop takes it up within GRACE_S. Both exit 128 + N; checkpoints are written to a temporary
+directory and renamed when complete, so the last complete one survives.
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ import signal
 import sys
 import threading
 from typing import Callable
+
+# How long a stop request with nothing to save waits for the loop to take it up before the
+# process exits without it, in seconds.
+GRACE_S = 2.0
 
 
 class Preempted(Exception):
@@ -57,6 +61,7 @@ class StopRequests:
     self.agree = agree
     self.at_exit: list[Callable[[], None]] = []
     self._received = 0
+    self._taken_up = False  # the loop has seen the stop request and acts on it
     self._lock = threading.Lock()
     self._previous = {}
     self._pipe = None
@@ -68,7 +73,8 @@ class StopRequests:
     signum = self.agree(self.signum or 0)
     if signum and self.signum is None:
       self.signum = signum
-    return bool(signum)
+    self._taken_up = bool(signum)
+    return self._taken_up
 
   def check(self) -> None:
     """Raises StopNow where a stop was requested (`requested`)."""
@@ -86,15 +92,27 @@ class StopRequests:
       again = self._received > 1  # this process's own second signal
       if self.signum is None:
         self.signum = signum
-      immediate = again or not self.unsaved
     name = signal.Signals(signum).name
-    if immediate:
-      where = (f"the latest checkpoint is step {self.saved_step} in {self.directory}"
-               if self.saved_step is not None else "no checkpoint was written yet")
-      why = "again: exiting at once" if again else "with no unsaved step: exiting"
-      self._exit_now(signum, f"\n{name} {why}; {where}. Run the same command again to resume.")
+    if again:
+      self._exit_now(signum, f"\n{name} again: exiting at once; {self._where()}. Run the same "
+                             "command again to resume.")
     print(f"\n{name} received: saving a checkpoint of the step in progress, then exiting "
           "(send it again to exit at once).", file=sys.stderr, flush=True)
+    if not self.unsaved:
+      # Nothing to save: unless the loop takes the stop up within GRACE_S (then every process
+      # of a run stops at the same step), exit without waiting for the main thread.
+      timer = threading.Timer(GRACE_S, self._exit_unless_taken_up, args=(signum,))
+      timer.daemon = True
+      timer.start()
+
+  def _exit_unless_taken_up(self, signum: int) -> None:
+    if not self._taken_up and not self.unsaved:
+      self._exit_now(signum, f"\n{signal.Signals(signum).name}: no unsaved step; exiting; "
+                             f"{self._where()}. Run the same command again to resume.")
+
+  def _where(self) -> str:
+    return (f"the latest checkpoint is step {self.saved_step} in {self.directory}"
+            if self.saved_step is not None else "no checkpoint was written yet")
 
   def _exit_now(self, signum: int, message: str) -> None:
     print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,55 @@
+"""Start a multi-process run on this machine, to try what a cluster runs.
+
+  python -m experiments.launch --processes=2 experiments.train --config=configs/unet.py:smoke
+
+starts `python -m <module> <args>` once per process with JAX_COORDINATOR_ADDRESS (127.0.0.1 and
+a free port), JAX_NUM_PROCESSES and JAX_PROCESS_ID set, each pinned to its own share of this
+machine's cores (as hosts have their own), and waits for them. SIGTERM and SIGINT are passed on
+to every process. Exits with the code of the first process that failed, else 0. On a cluster,
+start one process per host yourself (README: several processes).
+"""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--processes", type=int, default=2, help="How many processes.")
+  parser.add_argument("module", help="The entry point, e.g. experiments.train.")
+  parser.add_argument("args", nargs=argparse.REMAINDER, help="Its arguments.")
+  options = parser.parse_args()
+  from unmix_jax import parallel  # after parsing: --help stays fast
+
+  if options.processes < 1:
+    parser.error(f"--processes={options.processes} must be >= 1.")
+  procs = [subprocess.Popen([sys.executable, "-m", options.module, *options.args], env=env,
+                            preexec_fn=(lambda cores=cores: os.sched_setaffinity(0, cores))
+                            if cores else None)
+           for env, cores in parallel.local_launch(options.processes)]
+
+  def forward(signum, frame):
+    del frame
+    for p in procs:
+      if p.poll() is None:
+        p.send_signal(signum)
+
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, forward)
+  failed = None
+  while any(p.poll() is None for p in procs):
+    if failed is None:
+      failed = next((p for p in procs if p.poll() not in (None, 0)), None)
+    time.sleep(0.1)
+  failed = failed or next((p for p in procs if p.returncode != 0), None)
+  if failed is None:
+    return 0
+  return failed.returncode if failed.returncode > 0 else 128 - failed.returncode
+
+
+if __name__ == "__main__":
+  sys.exit(main())
