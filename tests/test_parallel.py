@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import (ROOT, checkpoint_steps, comparable, random_images, records,
                             run_module, same_final_state, single_step, summary, train_smoke)
-from unmix_jax import parallel, runs, steps
+from unmix_jax import parallel, runs, steps, train
 from unmix_jax.configs import unet
 
 # The runs compared here: the smoke preset for 5 epochs (20 steps of a global batch of 16).
@@ -169,3 +169,40 @@ def test_bfloat16_trains_and_stays_close_to_float32():
   assert bf16[-1] < 0.8 * bf16[0]
   np.testing.assert_allclose(bf16[:5], f32[:5], rtol=0.03)
   assert abs(bf16[-1] - f32[-1]) / f32[-1] < 0.1
+
+
+def tiny(preset: str | None, **train_fields):
+  """The U-Net of `preset` (the program a GPU trains: its blocks, norms and attention) at an
+  eighth of its widths, on a handful of images: two steps of 8 pairs an epoch, scored on 8
+  pairs per split."""
+  config = unet.get_config(preset)
+  config.model.features = tuple(max(4, f // 8) for f in config.model.features)
+  d = config.data
+  d.num_images, d.num_train_pairs, d.num_val_pairs, d.num_test_images, d.num_test_pairs = (
+      32, 16, 8, 16, 8)
+  if d.num_holdout_images:
+    d.num_holdout_images, d.num_holdout_pairs = 16, 8
+  config.train.update(batch_size=8, eval_batch_size=8, warmup_steps=1, epochs=1, **train_fields)
+  return config
+
+
+@pytest.mark.parametrize("preset,dtype", [(None, "float32"), ("gpu", "bfloat16")])
+def test_the_accelerator_programs_train_evaluate_and_resume(preset, dtype, tmp_path,
+                                                            tfds_data_dir, capsys):
+  """What a GPU or TPU runs (lax convolutions, `conv_impl='xla'`), the reference preset in
+  float32 and the `:gpu` recipe in bfloat16, at a tiny data size on the CPU: an epoch trains and
+  is scored, its checkpoint resumes, and the profile of the xla step is written."""
+  run_dir = str(tmp_path / "run")
+  config = tiny(preset, conv_impl="xla", compute_dtype=dtype)
+  config.profile.update(start_step=0, num_steps=1)
+  first = train.train_and_evaluate(config, run_dir, show_progress=False)
+  out = capsys.readouterr().out
+  assert f"compute dtype {dtype}, convs as xla" in out
+  assert first["step"] == 2 and np.isfinite(first["test"]["loss"])
+  assert any(f.endswith(".xplane.pb") for _, _, fs in os.walk(os.path.join(run_dir, "profile"))
+             for f in fs)
+  config.train.epochs = 2
+  second = train.train_and_evaluate(config, run_dir, show_progress=False)
+  assert "resuming from step 2" in capsys.readouterr().out
+  assert second["step"] == 4 and np.isfinite(second["test"]["loss"])
+  assert [r["step"] for r in records(run_dir) if r["split"] == "test"] == [2, 4]
