@@ -2,13 +2,15 @@
 one subprocess per kind of failure shows the command's one line and exit code."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import pytest
 
-from tests.conftest import (assert_one_line_error, checkpoint_steps, run_module, smoke_config,
-                            train_smoke)
-from unmix_jax import backend, checkpoint, cli, config_checks, data
+from tests.conftest import (ROOT, assert_one_line_error, checkpoint_steps, run_module,
+                            smoke_config, train_smoke)
+from unmix_jax import backend, checkpoint, cli, config_checks, data, parallel
 
 CASES = [
     ({"model.name": "resnet"}, "config.model.name"),
@@ -153,3 +155,49 @@ ENTRY_POINT_MISTAKES = [
 @pytest.mark.parametrize("module,args,needle", ENTRY_POINT_MISTAKES)
 def test_every_entry_point_reports_a_command_line_mistake_in_one_line(module, args, needle):
   assert_one_line_error(run_module(module, *args), needle)
+
+
+LAUNCHES = [
+    ({"JAX_NUM_PROCESSES": "2"}, "JAX_COORDINATOR_ADDRESS, JAX_PROCESS_ID are not"),
+    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "2",
+      "JAX_PROCESS_ID": "2"}, "JAX_PROCESS_ID=2 must be a whole number from 0 to 1"),
+    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"},
+     "is not host:port"),
+    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "two",
+      "JAX_PROCESS_ID": "0"}, "JAX_NUM_PROCESSES=two"),
+]
+
+
+@pytest.mark.parametrize("env,needle", LAUNCHES)
+def test_a_half_set_launch_environment_names_the_variable(env, needle):
+  with pytest.raises(parallel.LaunchError, match=needle) as e:
+    parallel.launch_settings(env)
+  assert "\n" not in str(e.value)
+
+
+def test_the_launch_environment_says_one_process_or_several():
+  assert parallel.launch_settings({}) is None
+  assert parallel.launch_settings({"SLURM_NTASKS": "1"}) is None
+  assert parallel.launch_settings({"SLURM_NTASKS": "4"}) == {}  # jax.distributed reads SLURM's
+  assert parallel.launch_settings({"OMPI_COMM_WORLD_SIZE": "2"}) == {}
+  assert parallel.launch_settings({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234",
+                                   "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}) == dict(
+      coordinator_address="10.0.0.1:1234", num_processes=2, process_id=1)
+
+
+NO_COORDINATOR = """
+from unmix_jax import cli, parallel
+parallel.JOIN_TIMEOUT_S = 2
+with cli.one_line_errors():
+  parallel.initialize({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1", "JAX_NUM_PROCESSES": "2",
+                       "JAX_PROCESS_ID": "1"})
+"""
+
+
+def test_a_half_set_launch_or_a_silent_coordinator_is_one_line_exit_2(tmp_path):
+  result = run_module("experiments.train", "--config=configs/unet.py:smoke",
+                      f"--workdir={tmp_path / 'run'}", env={"JAX_NUM_PROCESSES": "2"})
+  assert_one_line_error(result, "JAX_NUM_PROCESSES=2 is set but")
+  result = subprocess.run([sys.executable, "-c", NO_COORDINATOR], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert_one_line_error(result, "did not answer within 2 s")

@@ -68,3 +68,11 @@ def test_the_pytorch_reference_has_our_shapes_and_times_beside_us():
                    "--repeats=2", "--warmup=1", "--compare=torch")
   assert out.returncode == 0, out.stderr[-2000:]
   assert '"jax_over_torch"' in out.stdout and '"torch_params": ' in out.stdout
+
+
+def test_peak_flops_by_device_kind_and_dtype():
+  assert benchmark.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.4e12
+  assert benchmark.peak_flops("NVIDIA H100 PCIe", "bfloat16") == 756.0e12  # not the SXM part
+  assert benchmark.peak_flops("NVIDIA A100-SXM4-40GB", "float32") == 156.0e12  # TF32
+  assert benchmark.peak_flops("TPU v5 lite", "float32") == 197.0e12
+  assert benchmark.peak_flops("cpu", "float32") is None

@@ -44,3 +44,12 @@ def test_a_freed_step_sized_buffer_is_reused_without_page_faults_once_asked(tmp_
   assert faults["keep"] < 100
   assert faults["import"] > 10_000  # importing left the allocator alone
   assert not os.listdir(tmp_path)  # and built nothing (no oneDNN library in the cache)
+
+
+def test_the_allocator_setting_is_for_cpu_runs_only():
+  from unmix_jax import host_memory
+
+  assert host_memory.cpu_only({"JAX_PLATFORMS": "cpu"})
+  assert not host_memory.cpu_only({"JAX_PLATFORMS": "cuda,cpu"})
+  assert not host_memory.cpu_only({"JAX_PLATFORMS": "tpu"})
+  assert host_memory.cpu_only({})  # this machine: no accelerator plugin installed

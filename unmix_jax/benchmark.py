@@ -35,6 +35,27 @@ def synthetic_batches(config, seed: int = 0):
   return images, pairs.astype(np.int32)
 
 
+# Dense peak TFLOP/s of one device (as JAX counts devices: a GPU, a TPU chip or core) by
+# `device_kind` substring: (bfloat16, float32 as XLA runs it: TF32 tensor cores where the GPU
+# has them, bfloat16 passes on TPUs). From the vendors' data sheets (NVIDIA SXM parts unless
+# the kind says PCIe); the first match wins.
+PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0, 378.0), ("H100", 989.4, 494.7), ("H200", 989.4, 494.7),
+    ("A100", 312.0, 156.0), ("L4", 121.0, 60.0), ("A10G", 70.0, 35.0),
+    ("V100", 125.0, 15.7), ("T4", 65.0, 8.1),
+    ("TPU v6 lite", 918.0, 918.0), ("TPU v5 lite", 197.0, 197.0), ("TPU v5", 459.0, 459.0),
+    ("TPU v4", 275.0, 275.0), ("TPU v3", 61.5, 61.5), ("TPU v2", 22.5, 22.5),
+)
+
+
+def peak_flops(device_kind: str, compute_dtype: str) -> float | None:
+  """The device's dense peak FLOP/s for `compute_dtype` (PEAK_TFLOPS); None when unknown."""
+  for kind, bf16, f32 in PEAK_TFLOPS:
+    if kind.lower() in device_kind.lower():
+      return (bf16 if compute_dtype == "bfloat16" else f32) * 1e12
+  return None
+
+
 def flops_of(compiled) -> float | None:
   """XLA's FLOP count of one call of a compiled function (None where the backend has none)."""
   cost = compiled.cost_analysis()
@@ -73,17 +94,17 @@ class JaxStep:
     # Both programs, as a training run compiles both (the single step runs the steps left
     # before a log line or an epoch's end).
     self.compile_seconds = time.perf_counter() - t0
-    self.flops = flops_of(self.step)  # per step: a scan's cost analysis counts its body once
-    self.model_flops = self.flops
-    if self.conv_impl != "xla":
-      # The matrix-product forms multiply some zeros (padding taps at tiny resolutions, kernel
-      # taps a transposed-conv phase does not use): count the network's FLOPs as stock convs.
-      stock = config.copy_and_resolve_references()
-      stock.train.conv_impl = "xla"
-      graphdef_x, state_x = steps.create_train_state(stock, tx)
-      lowered = steps.make_train_step(graphdef_x, stock, tx).lower(
-          state_x, self.window, self.images, sample, self.key)
-      self.model_flops = flops_of(lowered)
+    # Per step and device, as compiled: a scan's cost analysis counts its body once, and a
+    # partitioned program's is one device's share.
+    self.flops = flops_of(self.step)
+    # The network's own FLOPs per step over all devices, counted on the program before it is
+    # partitioned, with stock convs: the matrix-product forms multiply some zeros (padding taps
+    # at tiny resolutions, kernel taps a transposed-conv phase does not use).
+    stock = config.copy_and_resolve_references()
+    stock.train.conv_impl = "xla"
+    graphdef_x, state_x = steps.create_train_state(stock, tx)
+    self.model_flops = flops_of(steps.make_train_step(graphdef_x, stock, tx).lower(
+        state_x, self.window, self.images, sample, self.key))
     self.params = steps.count_params(state.params)
     self._i = 0
 
@@ -204,6 +225,13 @@ def measure(config, *, steps: int, repeats: int, warmup: int, other=None) -> dic
     out["model_gflop_per_s"] = round(jstep.model_flops / median_step / 1e9, 1)
     out["model_share_of_ceiling"] = round(
         out["model_gflop_per_s"] / out["matmul_ceiling_gflop_per_s"], 3)
+    if jax.default_backend() != "cpu":  # model FLOP utilisation against the devices' peak
+      kind = jax.devices()[0].device_kind
+      peak = peak_flops(kind, config.train.compute_dtype)
+      out["device_kind"] = kind
+      out["peak_tflop_per_s"] = peak / 1e12 if peak else None
+      out["mfu"] = (round(jstep.model_flops / median_step / (peak * jstep.mesh.size), 4)
+                    if peak else None)
   # Everything outside the jitted computation (slicing and sharding batches, dispatching each
   # call, the hand-over between executions) shows as the loop's extra time over the same steps
   # run as one call on resident batches. Paired rounds, so the host's drift cancels; a round

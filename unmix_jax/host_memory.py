@@ -13,18 +13,31 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import sys
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 
 
+def cpu_only(env=os.environ) -> bool:
+  """Whether JAX will run on the CPU alone, told before JAX starts: JAX_PLATFORMS says so, or
+  no accelerator plugin (CUDA, ROCm, TPU) is installed. GPU and TPU runtimes allocate from many
+  threads of their own, which one arena would serialise."""
+  platforms = env.get("JAX_PLATFORMS", "")
+  if platforms:
+    return platforms.split(",")[0].strip() == "cpu"
+  from importlib import metadata, util
+
+  return not metadata.entry_points(group="jax_plugins") and util.find_spec("libtpu") is None
+
+
 @functools.lru_cache(maxsize=None)
 def keep_freed_memory() -> bool:
   """Sets glibc's malloc to one arena, no mmap-ed blocks and no trimming of the heap; once per
-  process. True when glibc accepted all three; False elsewhere (macOS, musl), where it does
-  nothing."""
-  if not sys.platform.startswith("linux"):
+  process. True when glibc accepted all three; False elsewhere (macOS, musl) and where JAX will
+  run on an accelerator (`cpu_only`), where it does nothing."""
+  if not sys.platform.startswith("linux") or not cpu_only():
     return False
   try:
     mallopt = ctypes.CDLL(None).mallopt

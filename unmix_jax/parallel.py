@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 
 import jax
 import numpy as np
@@ -86,23 +87,46 @@ def launch_settings(env=os.environ) -> dict | None:
 
 def initialize(env=os.environ) -> None:
   """Joins a multi-process run when the environment describes one (`launch_settings`); a
-  no-op otherwise. LaunchError where the processes do not all join within JOIN_TIMEOUT_S."""
+  no-op otherwise. LaunchError where the coordinator does not answer, or the processes do not
+  all join, within JOIN_TIMEOUT_S."""
   settings = launch_settings(env)
   if settings is None or jax.distributed.is_initialized():
     return
   # The loop handles SIGTERM itself (preemption.py) and agrees on the stop step; JAX's own
   # preemption service would install a competing SIGTERM handler.
   jax.config.update("jax_enable_preemption_service", False)
+  deadline = time.time() + JOIN_TIMEOUT_S
+  if settings.get("process_id", 0) != 0:
+    # JAX's client ends the process with a fatal error (a C++ stack dump) when its coordinator
+    # never answers: wait for the coordinator's port here first.
+    _wait_for(settings["coordinator_address"], deadline)
   try:
-    jax.distributed.initialize(**settings, initialization_timeout=JOIN_TIMEOUT_S,
-                               heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
-  except Exception as e:  # noqa: BLE001 - the runtime reports a timeout as XlaRuntimeError
-    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-    where = settings.get("coordinator_address", "the cluster's coordinator")
-    raise LaunchError(
-        f"the processes did not all join at {where} within {JOIN_TIMEOUT_S} s ({first}); "
-        "start every process with the same JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES, "
-        "each with its own JAX_PROCESS_ID.") from None
+    jax.distributed.initialize(**settings, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
+                               initialization_timeout=max(1, int(deadline - time.time())))
+  except Exception as e:  # noqa: BLE001 - the runtime reports failures as XlaRuntimeError
+    raise LaunchError(f"the processes did not all join ({first_line(e)}); start every process "
+                      "with the same JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES, each with "
+                      "its own JAX_PROCESS_ID.") from None
+
+
+def _wait_for(address: str, deadline: float) -> None:
+  host, _, port = address.rpartition(":")
+  while True:
+    try:
+      socket.create_connection((host.strip("[]"), int(port)), timeout=1.0).close()
+      return
+    except OSError as e:
+      if time.time() > deadline:
+        raise LaunchError(
+            f"the coordinator at JAX_COORDINATOR_ADDRESS={address} did not answer within "
+            f"{JOIN_TIMEOUT_S} s ({e.strerror or e}); start process 0 (JAX_PROCESS_ID=0) on "
+            "that host and port, or correct the address.") from None
+      time.sleep(0.5)
+
+
+def first_line(e: BaseException) -> str:
+  """The first line of an error's message (the runtime's can run to pages)."""
+  return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def local_launch(processes: int, env=os.environ) -> list[tuple[dict, set[int] | None]]:

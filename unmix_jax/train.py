@@ -109,7 +109,7 @@ def train_and_evaluate(config, workdir: str, *, show_progress: bool = True) -> d
       if not parallel.lost_process(e):
         raise
       raise parallel.ProcessLost(
-          f"another process of this run stopped ({_first_line(e)}); " + (
+          f"another process of this run stopped ({parallel.first_line(e)}); " + (
               f"the last complete checkpoint is step {stop.saved_step} in {ckpts.directory}"
               if stop.saved_step is not None else "no checkpoint was completed yet") +
           "; start every process again with the same command to resume.") from None
@@ -165,10 +165,6 @@ def _train_and_evaluate(config, workdir, ckpts, stop, show_progress) -> dict[str
       bar.close()
     run.writer.close()
   return run.finish(state, results)
-
-
-def _first_line(e: BaseException) -> str:
-  return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def _advance(bar, steps_finished: int) -> None:
