@@ -5,8 +5,8 @@
 starts `python -m <module> <args>` once per process with JAX_COORDINATOR_ADDRESS (127.0.0.1 and
 a free port), JAX_NUM_PROCESSES and JAX_PROCESS_ID set, each pinned to its own share of this
 machine's cores (as hosts have their own), and waits for them. SIGTERM and SIGINT are passed on
-to every process. Exits with the code of the first process that failed, else 0. On a cluster,
-start one process per host yourself (README: several processes).
+to every process once. Exits with the code of the first process that failed, else 0. On a
+cluster, start one process per host yourself (README: several processes).
 """
 
 import argparse
@@ -27,9 +27,12 @@ def main() -> int:
 
   if options.processes < 1:
     parser.error(f"--processes={options.processes} must be >= 1.")
+  # Each process in a session of its own, so that a terminal's Ctrl-C (sent to the whole
+  # foreground group) reaches them once, through this launcher; each gets SIGTERM should the
+  # launcher itself die.
   procs = [subprocess.Popen([sys.executable, "-m", options.module, *options.args], env=env,
-                            preexec_fn=(lambda cores=cores: os.sched_setaffinity(0, cores))
-                            if cores else None)
+                            start_new_session=True,
+                            preexec_fn=lambda cores=cores: parallel.as_launched(cores))
            for env, cores in parallel.local_launch(options.processes)]
 
   def forward(signum, frame):

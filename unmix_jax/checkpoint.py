@@ -41,7 +41,12 @@ def _quiet_stderr():
   """When an Orbax read or write fails, TensorStore's pending callbacks still fire into Orbax's
   closed event loop and print dozens of tracebacks straight to the stderr file descriptor,
   burying the one line about the failure. Capture fd 2 meanwhile; on success pass it all on, on
-  failure only the lines that are not that noise."""
+  failure only the lines that are not that noise. Not with several processes: there a save
+  waits at barriers on the others, and what the runtime prints about a lost process (before
+  it may end this one) must reach the terminal."""
+  if jax.process_count() > 1:
+    yield
+    return
   sys.stderr.flush()
   saved = os.dup(2)
   failed = False

@@ -17,8 +17,11 @@ shared so that every process takes the same branch (`main_decides`, `max_over_pr
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import signal
 import socket
+import sys
 import time
 
 import jax
@@ -142,6 +145,15 @@ def local_launch(processes: int, env=os.environ) -> list[tuple[dict, set[int] | 
                 JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i)),
            set(cores[i * share:(i + 1) * share]) if share else None)
           for i in range(processes)]
+
+
+def as_launched(cores: set[int] | None) -> None:
+  """In a process `experiments.launch` starts, before it runs: pins it to `cores` and asks
+  Linux for SIGTERM should the launcher die (prctl PR_SET_PDEATHSIG)."""
+  if cores:
+    os.sched_setaffinity(0, cores)
+  if sys.platform.startswith("linux"):
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
 
 
 def make_mesh() -> Mesh:
