@@ -1,12 +1,14 @@
-"""Separate any picture with a trained run's best checkpoint.
+"""Separate any picture with the shipped model, or with a trained run's best checkpoint.
 
-  python -m experiments.separate --workdir=runs/unet-cpu10 a.png b.png   # mixes two files
-  python -m experiments.separate --workdir=runs/unet-cpu10 --mixture=m.png
+  python -m experiments.separate a.png b.png                             # mixes two files
+  python -m experiments.separate --mixture=m.png
   python -m experiments.separate --workdir=runs/unet-cpu10               # random unseen test pairs
 
-Each file is converted to RGB, centre-cropped and resized to 32x32. Writes a panel (mixture,
+Without --workdir the model shipped with the package separates (`runs.pretrained_dir`). Each
+file is converted to RGB, centre-cropped and resized to 32x32. Writes a panel (mixture,
 outputs, originals and PSNR where known) and each output as a PNG, by default under
-<workdir>/separations/, and prints where. Only reads the run: it may run beside its training.
+<workdir>/separations/ (./separations/ for the shipped model), and prints where. Only reads the
+run: it may run beside its training.
 """
 
 import os
@@ -15,7 +17,8 @@ from absl import flags, logging
 
 from unmix_jax import cli
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (a trained run).", required=True)
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                                "Run directory (a trained run); default: the shipped model.")
 _MIXTURE = flags.DEFINE_string("mixture", None, "An image that already is a mixture.")
 _OUT = flags.DEFINE_string("out", None, "Output directory; default <workdir>/separations.")
 _NUM = flags.DEFINE_integer("num", 4, "Random test pairs when no image is given.", lower_bound=1)
@@ -30,11 +33,12 @@ def main(argv):
   if files and len(files) != 2:
     cli.fail(f"give two image files to mix (got {len(files)}), or --mixture=FILE, or none for "
              "random unseen test pairs.")
-  from unmix_jax import separation
+  from unmix_jax import runs, separation
 
+  workdir = _WORKDIR.value or runs.pretrained_dir()
   with cli.one_line_errors():
     try:
-      result, step = separation.separate(_WORKDIR.value, images=tuple(files) or None,
+      result, step = separation.separate(workdir, images=tuple(files) or None,
                                          mixture=_MIXTURE.value, num_pairs=_NUM.value,
                                          seed=_SEED.value)
     except separation.ImageError as e:
@@ -47,9 +51,12 @@ def main(argv):
       what = f"the mixture {_MIXTURE.value}"
     else:
       name, what = "test_pairs", f"{_NUM.value} unseen test pairs"
-    out_dir = _OUT.value or os.path.join(_WORKDIR.value, "separations")
+    out_dir = _OUT.value or os.path.join(_WORKDIR.value or ".", "separations")
+    model = runs.describe(workdir)
     paths = separation.write(result, out_dir, name,
-                             f"{what}; checkpoint step {step}")
+                             f"{what}; {model}" + ("" if runs.is_export(workdir)
+                                                   else f", checkpoint step {step}"))
+  print(f"model: {model}")
   if files or _MIXTURE.value:
     print(f"inputs {separation.HOW}.")
   if result.psnr is not None:

@@ -1,13 +1,15 @@
 """experiments.separate: any picture through a trained run."""
 
+import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from tests.conftest import assert_one_line_error, run_module
-from unmix_jax import runs, separation
+from unmix_jax import evaluation, logs, runs, separation, steps
 
 
 @pytest.fixture
@@ -79,3 +81,34 @@ def test_bad_input_is_one_line(unet_run, pictures, tmp_path):
   assert_one_line_error(run_module("experiments.separate", f"--workdir={unet_run}",
                                    pictures["wide"], pictures["gray"], pictures["rgba"]),
                         "two image files")
+
+
+def test_an_exported_run_holds_the_best_weights_its_config_and_scores(unet_run, copy_run,
+                                                                       tmp_path):
+  source = copy_run(unet_run)
+  out = str(tmp_path / "exported")
+  info = runs.export(source, out)
+  assert sorted(os.listdir(out)) == ["checkpoints", "config.json", "eval.json", "export.json"]
+  _, _, best, step = runs.restore(source, "best")
+  _, _, weights, exported_step = runs.restore(out)
+  assert info["step"] == step == exported_step and weights.opt_state is None
+  for a, b in zip(jax.tree.leaves((steps.eval_params(best), best.model_state)),
+                  jax.tree.leaves((weights.params, weights.model_state))):
+    np.testing.assert_array_equal(a, b)
+  scored = json.loads(json.dumps(evaluation.score_run(out, test_only=True)))  # as eval.json
+  assert scored["test"] == logs.read_eval(source)["test"] == logs.read_eval(out)["test"]
+  assert "holdout" not in scored and "val" not in scored
+  assert runs.describe(out).startswith("the exported unet (:smoke, step")
+
+
+def test_the_command_separates_with_an_exported_model_from_another_directory(
+    unet_run, copy_run, pictures, tmp_path):
+  out = str(tmp_path / "exported")
+  runs.export(copy_run(unet_run), out)
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  result = run_module("experiments.separate", f"--workdir={out}", pictures["wide"],
+                      pictures["gray"], cwd=str(elsewhere))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "model: the exported unet (:smoke" in result.stdout
+  assert os.path.exists(os.path.join(out, "separations", "wide_gray.png"))

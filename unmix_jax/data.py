@@ -248,14 +248,16 @@ def _read_images(source, ids: np.ndarray) -> np.ndarray:
   return np.stack([r["image"] for r in records]).astype(np.uint8)
 
 
-def load(config) -> PairData:
-  """Reads the chosen CIFAR-10 images and builds the pair sets for `config`."""
+def load(config, test_only: bool = False) -> PairData:
+  """Reads the chosen CIFAR-10 images and builds the pair sets for `config`; with `test_only`,
+  only the test images are read (the others are empty arrays)."""
   pairs = make_pairs(config.data, config.seed)
   sources = open_cifar10(config.data)
+  read = lambda split, ids: _read_images(sources[split], ids[:0] if test_only else ids)
   return PairData(
-      train_images=_read_images(sources["train"], pairs["train_ids"]),
+      train_images=read("train", pairs["train_ids"]),
       test_images=_read_images(sources["test"], pairs["test_ids"]),
-      holdout_images=_read_images(sources["train"], pairs["holdout_ids"]),
+      holdout_images=read("train", pairs["holdout_ids"]),
       train_pairs=pairs["train"], val_pairs=pairs["val"], test_pairs=pairs["test"],
       holdout_pairs=pairs["holdout"], val_linear=pairs["val_linear"])
 

@@ -87,8 +87,16 @@ def evaluate_run(workdir: str, which: str = "best") -> dict:
   """Restores the run's best checkpoint (`Checkpoints.best_step`) or its latest, scores its
   splits (test, val, and holdout where the run has one), writes `workdir/eval.json` and returns
   its content."""
+  result = score_run(workdir, which)
+  logs.write_json(os.path.join(workdir, "eval.json"), result)
+  return result
+
+
+def score_run(workdir: str, which: str = "best", test_only: bool = False) -> dict:
+  """What `evaluate_run` writes, without writing it; with `test_only`, the test split alone
+  (only its images are read)."""
   config, graphdef, state, step = runs.restore(workdir, which)
-  pair_data = data.load(config)
+  pair_data = data.load(config, test_only=test_only)
   eval_step = steps.make_eval_step(graphdef, config)
   result = {"workdir": os.path.abspath(workdir), "model": config.model.name, "loss": config.loss,
             "preset": config.preset, "checkpoint_step": step,
@@ -96,9 +104,10 @@ def evaluate_run(workdir: str, which: str = "best") -> dict:
             "intervals": f"95% percentile bootstrap over pairs, {NUM_BOOTSTRAP} resamples",
             "psnr": "per image, averaged over images and pairs; outputs clipped to [0, 1]"}
   for split, (images, pairs) in pair_data.eval_splits().items():
+    if test_only and split != "test":
+      continue
     per_pair = score_pairs(eval_step, state, images, pairs, config.train.eval_batch_size)
     result[split] = describe(per_pair)
-  logs.write_json(os.path.join(workdir, "eval.json"), result)
   return result
 
 

@@ -1,11 +1,23 @@
-"""Opening a finished or running workdir: its config and a restored train state."""
+"""Opening a finished or running workdir: its config and a restored train state; the shipped
+model, and exporting a run's best checkpoint into that form.
+
+An exported run (`export`) is a workdir of its own: `config.json`, `eval.json` (its scores),
+`export.json` (where it came from) and one checkpoint holding `steps.weights_only`: the
+evaluation weights and normalisation statistics. `restore` opens it like any run. The package
+ships one, `pretrained_dir()`.
+"""
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import os
+import shutil
 
-from unmix_jax import checkpoint, configs, steps
+from unmix_jax import checkpoint, configs, logs, steps
+
+PRETRAINED = "unet-cpu60"  # the shipped model: unmix_jax/pretrained/<PRETRAINED>/
+EXPORT_FILE = "export.json"
 
 
 class RunError(RuntimeError):
@@ -35,6 +47,8 @@ def restore(workdir: str, which: str = "best"):
   config = load_config(workdir)
   tx = steps.make_optimizer(config, steps.steps_per_epoch(config) * config.train.epochs)
   graphdef, state = steps.create_train_state(config, tx)
+  if is_export(workdir):
+    state = steps.weights_only(state)
   ckpts = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints)
   try:
     found = ckpts.read(state, which)
@@ -45,3 +59,53 @@ def restore(workdir: str, which: str = "best"):
                    "epoch first.")
   step, state = found
   return config, graphdef, state, step
+
+
+def is_export(workdir: str) -> bool:
+  return os.path.exists(os.path.join(workdir, EXPORT_FILE))
+
+
+def pretrained_dir(name: str = PRETRAINED) -> str:
+  """The shipped model's directory inside the installed package (read it with `restore`)."""
+  return str(importlib.resources.files("unmix_jax") / "pretrained" / name)
+
+
+def describe(workdir: str) -> str:
+  """Which model a workdir holds, for a panel's title and a printed line: e.g. "the shipped
+  U-Net (:cpu60, test gain +2.33 dB)" or "runs/unet-cpu"."""
+  if not is_export(workdir):
+    return workdir
+  with open(os.path.join(workdir, EXPORT_FILE)) as f:
+    info = json.load(f)
+  shipped = os.path.realpath(workdir) == os.path.realpath(pretrained_dir())
+  return (f"{'the shipped' if shipped else 'the exported'} {info['model']} (:{info['preset']}, "
+          f"step {info['step']}, test gain {info['test_psnr_gain']:+.2f} dB)")
+
+
+def export(workdir: str, out_dir: str) -> dict:
+  """Writes the best checkpoint of the run in `workdir` to `out_dir` as weights only, with its
+  config and its scores (`evaluation.evaluate_run`, which also writes `workdir/eval.json`);
+  returns export.json's content. `out_dir` is replaced."""
+  from unmix_jax import evaluation
+
+  scores = evaluation.evaluate_run(workdir, "best")
+  config, _, state, step = restore(workdir, "best")
+  if os.path.exists(out_dir):
+    shutil.rmtree(out_dir)
+  os.makedirs(out_dir)
+  shutil.copy(os.path.join(workdir, "config.json"), os.path.join(out_dir, "config.json"))
+  ckpts = checkpoint.Checkpoints(out_dir, keep=1)
+  try:
+    meta = dict(step=step, model=json.loads(config.model.to_json()), exported_from=workdir)
+    ckpts.save(step, steps.weights_only(state), meta, select_loss=None)
+  finally:
+    ckpts.close()
+  scores = dict(scores, workdir=out_dir)
+  logs.write_json(os.path.join(out_dir, "eval.json"), scores)
+  info = dict(model=config.model.name, preset=config.preset, step=step,
+              source=os.path.abspath(workdir), params=scores["params"],
+              test_psnr_gain=scores["test"]["psnr_gain"]["mean"],
+              holds="evaluation weights (the moving average where the run keeps one) and "
+                    "normalisation statistics; no optimizer state")
+  logs.write_json(os.path.join(out_dir, EXPORT_FILE), info)
+  return info

@@ -39,6 +39,13 @@ def eval_params(state: TrainState) -> dict:
   return state.params if state.ema_params is None else state.ema_params
 
 
+def weights_only(state: TrainState) -> TrainState:
+  """What separating needs: the evaluation parameters (the moving average where the run keeps
+  one) and the normalisation statistics; no optimizer state."""
+  return TrainState(step=state.step, params=eval_params(state), model_state=state.model_state,
+                    opt_state=None)
+
+
 def steps_per_epoch(config) -> int:
   return config.data.num_train_pairs // config.train.batch_size
 
