@@ -32,15 +32,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 AXIS = "data"
 # How long a process waits for the others (and the coordinator) to join, in seconds.
 JOIN_TIMEOUT_S = 300
-_MESSAGE_BYTES = 2048
-
-
 # A process that stops unannounced is noticed by the others at their next collective (its
 # sockets close) or, where they wait on the coordinator, once it misses heartbeats this long.
 HEARTBEAT_TIMEOUT_S = 30
 # What the runtime's errors say when another process of the run is gone.
 _LOST_PROCESS = ("gloo", "connection reset by peer", "connection closed by peer", "heartbeat",
                  "coordination service", "barrier")
+_MESSAGE_BYTES = 2048  # the longest error message one process passes to the others
 
 
 class LaunchError(RuntimeError):
@@ -49,7 +47,14 @@ class LaunchError(RuntimeError):
 
 
 class ProcessLost(RuntimeError):
-  """Another process of a multi-process run stopped; the message says how to resume."""
+  """Another process of a multi-process run stopped (`lost_process(error)`); the message names
+  the last complete checkpoint and how to resume."""
+
+  def __init__(self, error: BaseException, saved_step: int | None, directory: str):
+    where = (f"the last complete checkpoint is step {saved_step} in {directory}"
+             if saved_step is not None else "no checkpoint was completed yet")
+    super().__init__(f"another process of this run stopped ({first_line(error)}); {where}; "
+                     "start every process again with the same command to resume.")
 
 
 def lost_process(e: BaseException) -> bool:

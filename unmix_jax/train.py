@@ -106,13 +106,9 @@ def train_and_evaluate(config, workdir: str, *, show_progress: bool = True) -> d
     except workdir_lib.DiskFullError as e:
       raise e.resumable(ckpts.latest_step(), ckpts.directory)
     except Exception as e:
-      if not parallel.lost_process(e):
-        raise
-      raise parallel.ProcessLost(
-          f"another process of this run stopped ({parallel.first_line(e)}); " + (
-              f"the last complete checkpoint is step {stop.saved_step} in {ckpts.directory}"
-              if stop.saved_step is not None else "no checkpoint was completed yet") +
-          "; start every process again with the same command to resume.") from None
+      if parallel.lost_process(e):
+        raise parallel.ProcessLost(e, stop.saved_step, ckpts.directory) from None
+      raise
     finally:
       ckpts.close()  # also on errors: Orbax's background threads must stop before exit
 
@@ -142,7 +138,7 @@ def _train_and_evaluate(config, workdir, ckpts, stop, show_progress) -> dict[str
         if step % config.train.log_every == 0 or step == end:
           metric_window.close(step)
         if step < end and stop.requested():
-          run.stop(stop.signum, step, state, metric_window, bar)
+          run.checkpoint_and_stop(stop.signum, step, state, metric_window, bar)
       run.log_train(metric_window.read(), bar)
       _advance(bar, in_flight.drain())
       jax.block_until_ready(state)
@@ -150,7 +146,7 @@ def _train_and_evaluate(config, workdir, ckpts, stop, show_progress) -> dict[str
       try:
         results = run.evaluate(state, step, between_batches=stop.check)
       except preemption.StopNow:  # saved without scores: the resumed run evaluates first
-        run.stop(stop.signum, step, state, metric_window, bar)
+        run.checkpoint_and_stop(stop.signum, step, state, metric_window, bar)
       run.save(step, state, select_loss=results[run.select_split]["loss"])
       stop.saved(step)
       if bar is not None:
@@ -266,7 +262,7 @@ class Run:
         self.eval_step, state, images, pairs, self.config.train.eval_batch_size, self.mesh,
         between_batches))
 
-  def stop(self, signum: int, step: int, state, metric_window, bar) -> None:
+  def checkpoint_and_stop(self, signum: int, step: int, state, metric_window, bar) -> None:
     """Saves a checkpoint of `step` with the open metric window and raises Preempted."""
     self.log_train(metric_window.read(), bar)
     self.save(step, state, window=metric_window.carry())
