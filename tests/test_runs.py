@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import (ROOT, assert_one_line_error, checkpoint_steps, comparable, records,
                             run_module, summary, train_smoke)
@@ -113,7 +114,7 @@ def test_evaluate_scores_the_best_checkpoint_with_intervals(unet_run, copy_run):
   assert "test (unseen images)" in table and "gain" in table
 
 
-def test_the_evaluate_command_and_the_notebook_read_a_run(unet_run, copy_run):
+def test_the_evaluate_command_and_the_notebook_read_a_run(unet_run, copy_run, tmp_path):
   import nbformat
   from nbclient import NotebookClient
 
@@ -122,16 +123,31 @@ def test_the_evaluate_command_and_the_notebook_read_a_run(unet_run, copy_run):
   assert result.returncode == 0, result.stderr[-2000:]
   assert "test (unseen images)" in result.stdout and os.path.exists(
       os.path.join(workdir, "eval.json"))
+  # Headless: two pictures of its own for the shipped model, and the Colab-GPU section trains
+  # the smoke preset; the reading cells read the shared run.
+  pictures = []
+  for k in range(2):
+    pictures.append(str(tmp_path / f"picture{k}.png"))
+    Image.fromarray(np.random.default_rng(k).integers(0, 256, (48, 40, 3), np.uint8)).save(
+        pictures[-1])
+  settings = dict(UNMIX_WORKDIR=workdir, UNMIX_PICTURES=",".join(pictures),
+                  UNMIX_COLAB_PRESET="smoke", UNMIX_COLAB_MINUTES="5",
+                  UNMIX_TRAIN_DIR=str(tmp_path / "colab"))
   notebook = nbformat.read(os.path.join(ROOT, "experiments", "colab.ipynb"), as_version=4)
-  os.environ["UNMIX_WORKDIR"] = workdir
+  os.environ.update(settings)
   try:
     NotebookClient(notebook, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": ROOT}}).execute()
   finally:
-    del os.environ["UNMIX_WORKDIR"]
+    for name in settings:
+      del os.environ[name]
   outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
   assert not [o for o in outputs if o.output_type == "error"]
-  assert any("image/png" in o.get("data", {}) for o in outputs)
+  separated, trained = (str(notebook.cells[i].outputs) for i in (2, 4))
+  assert "model: the shipped unet (:cpu60" in separated and "image/png" in separated
+  assert "test (unseen images, 16 pairs)" in trained
+  assert os.path.exists(tmp_path / "colab" / "summary.json")
+  assert any("image/png" in o.get("data", {}) for o in notebook.cells[-2].outputs)
 
 
 def test_a_run_opens_from_any_directory(unet_run, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import assert_one_line_error, run_module
-from unmix_jax import evaluation, logs, runs, separation, steps
+from unmix_jax import data, evaluation, logs, runs, separation, steps
 
 
 @pytest.fixture
@@ -112,3 +112,49 @@ def test_the_command_separates_with_an_exported_model_from_another_directory(
   assert result.returncode == 0, result.stderr[-2000:]
   assert "model: the exported unet (:smoke" in result.stdout
   assert os.path.exists(os.path.join(out, "separations", "wide_gray.png"))
+
+
+# The shipped model (unmix_jax/pretrained/unet-cpu60). Its test gain on these 300 test pairs is
+# measured in its eval.json's `test` section; the floor sits below it by more than a change of
+# numerics that keeps the parameters (a different summation order) could move it.
+SHIPPED_PAIRS, SHIPPED_FLOOR_DB = 300, 2.0
+REEXPORT = ("retrain configs/unet.py:cpu60 and export its best checkpoint again: "
+            "python -m experiments.export --workdir=runs/unet-cpu60 (README: the shipped model)")
+
+
+def test_the_shipped_weights_load_under_todays_model_and_separate_unseen_pairs(tfds_data_dir):
+  try:
+    config, graphdef, state, _ = runs.restore(runs.pretrained_dir())
+  except Exception as e:  # noqa: BLE001 - any way the weights no longer fit the model
+    pytest.fail(f"the shipped weights no longer load under today's model code "
+                f"({type(e).__name__}: {str(e)[:300]}); {REEXPORT}")
+  pair_data = data.load(config, test_only=True)
+  per_pair = evaluation.score_pairs(steps.make_eval_step(graphdef, config), state,
+                                    pair_data.test_images, pair_data.test_pairs[:SHIPPED_PAIRS],
+                                    batch_size=100)
+  gain = float(np.mean(per_pair["psnr"] - per_pair["baseline_psnr"]))
+  assert gain > SHIPPED_FLOOR_DB, (
+      f"the shipped weights separate {SHIPPED_PAIRS} unseen test pairs at {gain:+.2f} dB over "
+      f"the mixture, below the floor of {SHIPPED_FLOOR_DB:+.2f} dB: the model code computes "
+      f"something else with them; {REEXPORT}")
+  size = sum(os.path.getsize(os.path.join(d, f))
+             for d, _, fs in os.walk(runs.pretrained_dir()) for f in fs)
+  assert size < 5e6, f"the shipped model takes {size / 1e6:.1f} MB; at most 5 MB"
+
+
+def test_the_commands_use_the_shipped_model_from_any_directory(pictures, tmp_path, tfds_data_dir):
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  result = run_module("experiments.separate", pictures["wide"], pictures["gray"],
+                      cwd=str(elsewhere))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "model: the shipped unet (:cpu60" in result.stdout
+  assert os.path.exists(elsewhere / "separations" / "wide_gray.png")
+  assert_one_line_error(run_module("experiments.separate", pictures["text"], pictures["gray"],
+                                   cwd=str(elsewhere)), "not an image")
+  scored = run_module("experiments.evaluate", "--pretrained", cwd=str(elsewhere))
+  assert scored.returncode == 0, scored.stderr[-2000:]
+  shipped = logs.read_eval(runs.pretrained_dir())["test"]
+  assert f"{shipped['psnr_gain']['mean']:.2f} [{shipped['psnr_gain']['ci95'][0]:.2f}" in (
+      scored.stdout)
+  assert "val (seen" not in scored.stdout
