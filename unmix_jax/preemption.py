@@ -47,8 +47,8 @@ class StopRequests:
   The loop keeps `saved_step` (the newest complete checkpoint, or None) and `unsaved` (whether
   finished steps wait for a checkpoint) current, so the watcher knows when it may exit at once.
   `agree(signum) -> int`: the largest signal number any process caught (0: none), the same on
-  every process (`parallel.max_over_processes`); the identity in a single process. `at_exit`: cleanups (releasing the
-  workdir lock) run before an immediate exit.
+  every process (`parallel.max_over_processes`); the identity in a single process.
+  `at_exit`: cleanups (releasing the workdir lock) run before an immediate exit.
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -66,6 +66,7 @@ class StopRequests:
     self._previous = {}
     self._pipe = None
     self._previous_fd = None
+    self._timer = None
 
   def requested(self) -> bool:
     """Whether to stop now: the same answer on every process, at the same call (a process
@@ -101,9 +102,9 @@ class StopRequests:
     if not self.unsaved:
       # Nothing to save: unless the loop takes the stop up within GRACE_S (then every process
       # of a run stops at the same step), exit without waiting for the main thread.
-      timer = threading.Timer(GRACE_S, self._exit_unless_taken_up, args=(signum,))
-      timer.daemon = True
-      timer.start()
+      self._timer = threading.Timer(GRACE_S, self._exit_unless_taken_up, args=(signum,))
+      self._timer.daemon = True
+      self._timer.start()
 
   def _exit_unless_taken_up(self, signum: int) -> None:
     if not self._taken_up and not self.unsaved:
@@ -153,6 +154,8 @@ class StopRequests:
     return self
 
   def __exit__(self, *exc):
+    if self._timer is not None:  # the run ended meanwhile: nothing is left to stop
+      self._timer.cancel()
     if self._pipe is not None:
       signal.set_wakeup_fd(self._previous_fd if self._previous_fd is not None else -1)
       os.close(self._pipe[1])  # the watcher reads end-of-file and ends
