@@ -94,17 +94,23 @@ def export(workdir: str, out_dir: str) -> dict:
     shutil.rmtree(out_dir)
   os.makedirs(out_dir)
   shutil.copy(os.path.join(workdir, "config.json"), os.path.join(out_dir, "config.json"))
+  trained_by = (f"python -m experiments.train --config=configs/{config.model.name}.py:"
+                f"{config.preset}")
   ckpts = checkpoint.Checkpoints(out_dir, keep=1)
   try:
-    meta = dict(step=step, model=json.loads(config.model.to_json()), exported_from=workdir)
+    meta = dict(step=step, model=json.loads(config.model.to_json()), trained_by=trained_by)
     ckpts.save(step, steps.weights_only(state), meta, select_loss=None)
   finally:
     ckpts.close()
-  scores = dict(scores, workdir=out_dir)
-  logs.write_json(os.path.join(out_dir, "eval.json"), scores)
-  info = dict(model=config.model.name, preset=config.preset, step=step,
-              source=os.path.abspath(workdir), params=scores["params"],
-              test_psnr_gain=scores["test"]["psnr_gain"]["mean"],
+  # The files name no path of the machine that exported them (Orbax's commit markers do, and
+  # only matter on object stores).
+  for directory, _, names in os.walk(out_dir):
+    if "commit_success.txt" in names:
+      os.remove(os.path.join(directory, "commit_success.txt"))
+  logs.write_json(os.path.join(out_dir, "eval.json"),
+                  dict(scores, workdir=os.path.basename(os.path.normpath(out_dir))))
+  info = dict(model=config.model.name, preset=config.preset, step=step, trained_by=trained_by,
+              params=scores["params"], test_psnr_gain=scores["test"]["psnr_gain"]["mean"],
               holds="evaluation weights (the moving average where the run keeps one) and "
                     "normalisation statistics; no optimizer state")
   logs.write_json(os.path.join(out_dir, EXPORT_FILE), info)
