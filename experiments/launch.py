@@ -3,14 +3,14 @@
   python -m experiments.launch --processes=2 experiments.train --config=configs/unet.py:smoke
 
 starts `python -m <module> <args>` once per process with JAX_COORDINATOR_ADDRESS (127.0.0.1 and
-a free port), JAX_NUM_PROCESSES and JAX_PROCESS_ID set, each pinned to its own share of this
-machine's cores (as hosts have their own), and waits for them. SIGTERM and SIGINT are passed on
+a free port), JAX_NUM_PROCESSES and JAX_PROCESS_ID set, and waits for them. The processes share
+the machine's cores (pinning each to its own share made the U-Net step 2.5x slower here:
+docs/parallel.md). SIGTERM and SIGINT are passed on
 to every process once. Exits with the code of the first process that failed, else 0. On a
 cluster, start one process per host yourself (README: several processes).
 """
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
@@ -31,9 +31,8 @@ def main() -> int:
   # foreground group) reaches them once, through this launcher; each gets SIGTERM should the
   # launcher itself die.
   procs = [subprocess.Popen([sys.executable, "-m", options.module, *options.args], env=env,
-                            start_new_session=True,
-                            preexec_fn=lambda cores=cores: parallel.as_launched(cores))
-           for env, cores in parallel.local_launch(options.processes)]
+                            start_new_session=True, preexec_fn=parallel.as_launched)
+           for env in parallel.local_launch(options.processes)]
 
   def forward(signum, frame):
     del frame

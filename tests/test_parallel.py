@@ -94,7 +94,7 @@ def start_processes(run_dir: str) -> list[subprocess.Popen]:
   return [subprocess.Popen([sys.executable, "-m", "experiments.train", *ARGS,
                             f"--workdir={run_dir}"], cwd=ROOT, env=dict(env, JAX_PLATFORMS="cpu"),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-          for env, _ in parallel.local_launch(2)]
+          for env in parallel.local_launch(2)]
 
 
 def wait_for_checkpoint(run_dir: str, step: int, procs) -> None:

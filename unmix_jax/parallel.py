@@ -137,26 +137,20 @@ def first_line(e: BaseException) -> str:
   return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
-def local_launch(processes: int, env=os.environ) -> list[tuple[dict, set[int] | None]]:
-  """(environment, cores) of each process of a run on this machine (`experiments.launch`):
-  the coordinator on 127.0.0.1 at a free port, and each process's share of this process's
-  cores (None where there are fewer cores than processes)."""
+def local_launch(processes: int, env=os.environ) -> list[dict]:
+  """The environment of each process of a run on this machine (`experiments.launch`): the
+  coordinator on 127.0.0.1 at a free port."""
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-  share = len(cores) // processes
-  return [(dict(env, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i)),
-           set(cores[i * share:(i + 1) * share]) if share else None)
+  return [dict(env, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+               JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i))
           for i in range(processes)]
 
 
-def as_launched(cores: set[int] | None) -> None:
-  """In a process `experiments.launch` starts, before it runs: pins it to `cores` and asks
-  Linux for SIGTERM should the launcher die (prctl PR_SET_PDEATHSIG)."""
-  if cores:
-    os.sched_setaffinity(0, cores)
+def as_launched() -> None:
+  """In a process `experiments.launch` starts, before it runs: asks Linux for SIGTERM should
+  the launcher die (prctl PR_SET_PDEATHSIG)."""
   if sys.platform.startswith("linux"):
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)
 
