@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import (ROOT, checkpoint_steps, comparable, random_images, records,
                             run_module, same_final_state, single_step, summary, train_smoke)
-from unmix_jax import parallel, runs, steps, train
+from unmix_jax import evaluation, parallel, runs, steps, train
 from unmix_jax.configs import unet
 
 # The runs compared here: the smoke preset for 5 epochs (20 steps of a global batch of 16).
@@ -87,6 +87,9 @@ def test_two_processes_equal_two_devices_in_one_process(two_processes, two_devic
   assert summary(run_dir)["test"] == summary(two_devices[0])["test"]
   same_final_state(run_dir, two_devices[0])
   assert checkpoint_steps(run_dir) == checkpoint_steps(two_devices[0])
+  # Read back by a single process, as evaluate, separate, compare and the notebook do.
+  assert (evaluation.score_run(run_dir, test_only=True)["test"] ==
+          evaluation.score_run(two_devices[0], test_only=True)["test"])
 
 
 def start_processes(run_dir: str) -> list[subprocess.Popen]:
