@@ -122,13 +122,13 @@ def test_the_host_stays_one_call_ahead_and_a_stop_waits_for_no_backlog(tmp_path,
 
 
 def test_a_signal_with_nothing_to_save_or_a_second_signal_exits_at_once(monkeypatch):
-  """The watcher thread acts while the main thread waits on XLA (a computation of about 3.5 s,
+  """The watcher thread acts while the main thread waits on XLA (a computation of about 4.5 s,
   read with np.asarray, a wait in which Python runs no signal handler): with no finished step
   unsaved and no loop to take it up, the first signal exits after the grace period; else the
   second does, within 2 s."""
   exits = []
   monkeypatch.setattr(preemption.os, "_exit", lambda code: exits.append((code, time.time())))
-  busy = jax.jit(device_work(3.5))
+  busy = jax.jit(device_work(4.5))
   jax.block_until_ready(busy(jnp.float32(0)))  # compiled
 
   def held_main_thread_while_signalled(*delays) -> list[float]:
