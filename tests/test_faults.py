@@ -69,9 +69,12 @@ def device_work(seconds: float):
 
   probe = jax.jit(lambda x: burn(x, 20))
   jax.block_until_ready(probe(jnp.float32(0)))
-  t0 = time.perf_counter()
-  jax.block_until_ready(probe(jnp.float32(0)))
-  n = max(1, int(20 * seconds / (time.perf_counter() - t0)))
+  fastest = float("inf")  # the other test worker may hold a core during some of the probes
+  for _ in range(3):
+    t0 = time.perf_counter()
+    jax.block_until_ready(probe(jnp.float32(0)))
+    fastest = min(fastest, time.perf_counter() - t0)
+  n = max(1, int(20 * seconds / fastest))
   return lambda x: burn(x, n)
 
 
@@ -128,6 +131,7 @@ def test_a_signal_with_nothing_to_save_or_a_second_signal_exits_at_once(monkeypa
   second does, within 2 s."""
   exits = []
   monkeypatch.setattr(preemption.os, "_exit", lambda code: exits.append((code, time.time())))
+  monkeypatch.setattr(preemption, "GRACE_S", 0.5)  # well inside the held computation
   busy = jax.jit(device_work(4.5))
   jax.block_until_ready(busy(jnp.float32(0)))  # compiled
 
