@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import (ROOT, checkpoint_steps, comparable, random_images, records,
                             run_module, same_final_state, single_step, summary, train_smoke)
-from unmix_jax import evaluation, parallel, runs, steps, train
+from unmix_jax import evaluation, parallel, preemption, runs, steps, train
 from unmix_jax.configs import unet
 
 # The runs compared here: the smoke preset for 5 epochs (20 steps of a global batch of 16).
@@ -191,20 +191,32 @@ def tiny(preset: str | None, **train_fields):
 
 @pytest.mark.parametrize("preset,dtype", [(None, "float32"), ("gpu", "bfloat16")])
 def test_the_accelerator_programs_train_evaluate_and_resume(preset, dtype, tmp_path,
-                                                            tfds_data_dir, capsys):
+                                                            tfds_data_dir, capsys, monkeypatch):
   """What a GPU or TPU runs (lax convolutions, `conv_impl='xla'`), the reference preset in
   float32 and the `:gpu` recipe in bfloat16, at a tiny data size on the CPU: an epoch trains and
-  is scored, its checkpoint resumes, and the profile of the xla step is written."""
+  is scored, a SIGTERM after its checkpoint stops the run, the same config resumes from it (the
+  same programs, which the compilation cache serves), and the profile of the xla step is
+  written."""
   run_dir = str(tmp_path / "run")
   config = tiny(preset, conv_impl="xla", compute_dtype=dtype)
+  config.train.epochs = 2
   config.profile.update(start_step=0, num_steps=1)
-  first = train.train_and_evaluate(config, run_dir, show_progress=False)
-  out = capsys.readouterr().out
-  assert f"compute dtype {dtype}, convs as xla" in out
-  assert first["step"] == 2 and np.isfinite(first["test"]["loss"])
+  save = train.Run.save
+
+  def save_then_signal(self, step, state, **kwargs):
+    save(self, step, state, **kwargs)
+    if step == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(train.Run, "save", save_then_signal)
+  with pytest.raises(preemption.Preempted, match="at step 2"):
+    train.train_and_evaluate(config, run_dir, show_progress=False)
+  monkeypatch.undo()
+  assert f"compute dtype {dtype}, convs as xla" in capsys.readouterr().out
+  assert [(r["step"], np.isfinite(r["loss"])) for r in records(run_dir)
+          if r["split"] == "test"] == [(2, True)]
   assert any(f.endswith(".xplane.pb") for _, _, fs in os.walk(os.path.join(run_dir, "profile"))
              for f in fs)
-  config.train.epochs = 2
   second = train.train_and_evaluate(config, run_dir, show_progress=False)
   assert "resuming from step 2" in capsys.readouterr().out
   assert second["step"] == 4 and np.isfinite(second["test"]["loss"])
