@@ -14,6 +14,8 @@ import json
 import os
 import shutil
 
+import jax
+
 from unmix_jax import checkpoint, configs, logs, steps
 
 PRETRAINED = "unet-cpu60"  # the shipped model: unmix_jax/pretrained/<PRETRAINED>/
@@ -46,7 +48,9 @@ def restore(workdir: str, which: str = "best"):
   """
   config = load_config(workdir)
   tx = steps.make_optimizer(config, steps.steps_per_epoch(config) * config.train.epochs)
-  graphdef, state = steps.create_train_state(config, tx)
+  # Shapes and dtypes only: the checkpoint supplies every value (running the initialisers
+  # would compile each of them, seconds for nothing).
+  graphdef, state = jax.eval_shape(lambda: steps.create_train_state(config, tx))
   if is_export(workdir):
     state = steps.weights_only(state)
   ckpts = checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints)
