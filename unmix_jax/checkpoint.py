@@ -144,6 +144,14 @@ def _describe(e: Exception) -> str:
   return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
 
 
+def _restore_target(x) -> jax.ShapeDtypeStruct:
+  target = ocp.utils.to_shape_dtype_struct(x)
+  if target.sharding is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.ShapeDtypeStruct(target.shape, target.dtype, sharding=device)
+  return target
+
+
 class Checkpoints:
   """Saves and restores `(state, meta)` under `workdir/checkpoints`."""
 
@@ -262,8 +270,10 @@ class Checkpoints:
     return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
   def restore(self, step: int, like):
-    """Restores step `step` onto the structure, shapes and dtypes of the pytree `like`."""
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    """Restores step `step` onto the structure, shapes, dtypes and shardings of the pytree
+    `like` (arrays or jax.ShapeDtypeStruct); leaves without a sharding go to this process's
+    first device, whatever devices the writing run had."""
+    abstract = jax.tree.map(_restore_target, like)
     try:
       out = self._manager.restore(
           step,
