@@ -132,7 +132,8 @@ def test_the_evaluate_command_and_the_notebook_read_a_run(unet_run, copy_run, tm
         pictures[-1])
   settings = dict(UNMIX_WORKDIR=workdir, UNMIX_PICTURES=",".join(pictures),
                   UNMIX_COLAB_PRESET="smoke", UNMIX_COLAB_MINUTES="5",
-                  UNMIX_TRAIN_DIR=str(tmp_path / "colab"))
+                  UNMIX_TRAIN_DIR=str(tmp_path / "colab"),
+                  UNMIX_SEPARATIONS=str(tmp_path / "separations"))
   notebook = nbformat.read(os.path.join(ROOT, "experiments", "colab.ipynb"), as_version=4)
   os.environ.update(settings)
   try:
@@ -145,6 +146,7 @@ def test_the_evaluate_command_and_the_notebook_read_a_run(unet_run, copy_run, tm
   assert not [o for o in outputs if o.output_type == "error"]
   separated, trained = (str(notebook.cells[i].outputs) for i in (2, 4))
   assert "model: the shipped unet (:cpu60" in separated and "image/png" in separated
+  assert os.path.exists(tmp_path / "separations" / "mine.png")
   assert "test (unseen images, 16 pairs)" in trained
   assert os.path.exists(tmp_path / "colab" / "summary.json")
   assert any("image/png" in o.get("data", {}) for o in notebook.cells[-2].outputs)
