@@ -4,8 +4,8 @@
 
 starts `python -m <module> <args>` once per process with JAX_COORDINATOR_ADDRESS (127.0.0.1 and
 a free port), JAX_NUM_PROCESSES and JAX_PROCESS_ID set, and waits for them. The processes share
-the machine's cores (docs/parallel.md: pinning each to its own share runs slower). SIGTERM and SIGINT are passed on
-to every process once. Exits with the code of the first process that failed, else 0. On a
+the machine's cores (docs/parallel.md: pinning each to its own share runs slower). SIGTERM and
+SIGINT are passed on to every process once. Exits with the code of the first process that failed, else 0. On a
 cluster, start one process per host yourself (README: several processes).
 """
 
@@ -26,9 +26,9 @@ def main() -> int:
 
   if options.processes < 1:
     parser.error(f"--processes={options.processes} must be >= 1.")
-  # Each process in a session of its own, so that a terminal's Ctrl-C (sent to the whole
-  # foreground group) reaches them once, through this launcher; each gets SIGTERM should the
-  # launcher itself die.
+  # Each process outside the terminal's foreground process group (start_new_session), so that
+  # a Ctrl-C reaches them once, through this launcher; each gets SIGTERM should the launcher
+  # itself die.
   procs = [subprocess.Popen([sys.executable, "-m", options.module, *options.args], env=env,
                             start_new_session=True, preexec_fn=parallel.as_launched)
            for env in parallel.local_launch(options.processes)]
