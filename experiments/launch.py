@@ -5,8 +5,8 @@
 starts `python -m <module> <args>` once per process with JAX_COORDINATOR_ADDRESS (127.0.0.1 and
 a free port), JAX_NUM_PROCESSES and JAX_PROCESS_ID set, and waits for them. The processes share
 the machine's cores (docs/parallel.md: pinning each to its own share runs slower). SIGTERM and
-SIGINT are passed on to every process once. Exits with the code of the first process that failed, else 0. On a
-cluster, start one process per host yourself (README: several processes).
+SIGINT are passed on to every process once. Exits with the code of the first process that
+failed, else 0. On a cluster, start one process per host yourself (README: several processes).
 """
 
 import argparse
