@@ -6,8 +6,8 @@ from unmix_jax.configs import common
 def get_config(preset=None):
   c = common.get_base_config(preset)
   c.model.name = "ae"
-  c.model.encoder_widths = (32, 64, 64)
-  c.model.decoder_widths = (56, 32, 16)
+  c.model.encoder_widths = (32, 64, 64)  # channels of each stride-2 conv
+  c.model.decoder_widths = (56, 32, 16)  # channels of each stride-2 transposed conv
   if c.preset != "smoke":  # its short CPU step gains from fewer dispatches (docs/performance.md)
     c.train.steps_per_call = 10
   if c.preset == "cpu":

@@ -6,7 +6,7 @@ from unmix_jax.configs import common
 def get_config(preset=None):
   c = common.get_base_config(preset)
   c.model.name = "unet"
-  c.model.features = (38, 76, 152, 304, 608)
+  c.model.features = (38, 76, 152, 304, 608)  # channels per resolution, 32x32 down
   c.model.block = "double_conv"  # the reference; "residual": group norm + SiLU residual blocks
   c.model.blocks_per_level = 1  # residual blocks per level ("residual" only)
   c.model.norm = "group"  # "group" (group norm, SiLU) or "batch" (BatchNorm, ReLU); "residual"

@@ -12,11 +12,11 @@ def get_config(preset=None):
   c = common.get_base_config(preset)
   c.model.name = "vae"
   c.model.mixture_consistent = False  # decoders must make whole images, so samples are images
-  c.model.encoder_widths = (32, 32, 32)
-  c.model.decoder_widths = (32, 32, 16)
-  c.model.latent_dim = 48
-  c.model.beta = 1e-4
-  c.model.kl_warmup_steps = 2000
+  c.model.encoder_widths = (32, 32, 32)  # channels of each stride-2 conv
+  c.model.decoder_widths = (32, 32, 16)  # channels of each stride-2 transposed conv
+  c.model.latent_dim = 48  # size of z
+  c.model.beta = 1e-4  # weight of the KL term (module docstring)
+  c.model.kl_warmup_steps = 2000  # beta ramps up from 0 over these steps
   if c.preset == "cpu":
     c.train.epochs = 5
     c.model.kl_warmup_steps = 1000

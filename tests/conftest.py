@@ -73,6 +73,14 @@ def run_module(module: str, *args, env=None, cwd=ROOT, timeout=600):
                         capture_output=True, text=True, timeout=timeout)
 
 
+def run_unmix(*args, env=None, cwd=ROOT, timeout=600):
+  """`unmix args...`, the installed console command, as a user runs it."""
+  unmix = os.path.join(os.path.dirname(sys.executable), "unmix")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
+  return subprocess.run([unmix, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                        timeout=timeout)
+
+
 def assert_one_line_error(result, needle: str, code: int = 2) -> str:
   """The process ended with `code`, its last stderr line is `error: ...` holding `needle`, and
   it printed no traceback. Returns that line."""

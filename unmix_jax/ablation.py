@@ -169,7 +169,7 @@ def write_report(recipe, results_dir: str, rows: list[dict], base: dict, base_s:
   levers = "\n".join(f"- `{r['lever']}`: {r['what']}" for r in rows)
   text = (
       f"# Ablation of `{recipe.model.name}:{recipe.preset}`\n\n"
-      f"Made by `python -m experiments.ablate --config=configs/{recipe.model.name}.py:"
+      f"Made by `unmix ablate --config={recipe.model.name}:"
       f"{recipe.preset} --epochs={recipe.train.epochs} --results_dir={results_dir}` on "
       f"{platform.machine()} with {os.cpu_count()} CPU cores, jax {jax.__version__} "
       f"({jax.default_backend()}).\n\n"

@@ -132,7 +132,7 @@ def write_report(preset: str, results_dir: str, rows: list[dict]) -> None:
   n_test, n_val = rows[0]["test"]["num_pairs"], rows[0]["val"]["num_pairs"]
   text = f"""# Un-mixing comparison, preset `{preset}`
 
-Made by `python -m experiments.compare --preset={preset} --results_dir={results_dir}` on
+Made by `unmix compare --preset={preset} --results_dir={results_dir}` on
 {platform.machine()} with {os.cpu_count()} CPU cores, jax {jax.__version__} ({jax.default_backend()}).
 
 Each run is scored at its best checkpoint (lowest holdout loss, else val loss). Test = {n_test} pairs of unseen

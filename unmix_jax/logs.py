@@ -41,7 +41,7 @@ def metrics_frame(workdir: str):
 
 
 def read_eval(workdir: str) -> dict | None:
-  """workdir/eval.json (written by experiments.evaluate), or None before it exists."""
+  """workdir/eval.json (written by `unmix evaluate`), or None before it exists."""
   path = os.path.join(workdir, "eval.json")
   if not os.path.exists(path):
     return None

@@ -138,7 +138,7 @@ def first_line(e: BaseException) -> str:
 
 
 def local_launch(processes: int, env=os.environ) -> list[dict]:
-  """The environment of each process of a run on this machine (`experiments.launch`): the
+  """The environment of each process of a run on this machine (`unmix launch`): the
   coordinator on 127.0.0.1 at a free port."""
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -149,7 +149,7 @@ def local_launch(processes: int, env=os.environ) -> list[dict]:
 
 
 def as_launched() -> None:
-  """In a process `experiments.launch` starts, before it runs: asks Linux for SIGTERM should
+  """In a process `unmix launch` starts, before it runs: asks Linux for SIGTERM should
   the launcher die (prctl PR_SET_PDEATHSIG)."""
   if sys.platform.startswith("linux"):
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)

@@ -10,7 +10,8 @@ import numpy as np  # noqa: E402
 
 from unmix_jax.workdir import replaced  # noqa: E402
 
-COLUMNS = ("mixture", "x1", "x2", "x1_hat", "x2_hat")
+# One name for each image in every figure, panel and log line.
+COLUMNS = ("mixture", "original 1", "original 2", "output 1", "output 2")
 
 
 def _save(fig, path: str) -> None:
@@ -25,7 +26,7 @@ def _save(fig, path: str) -> None:
 def reconstructions(path: str, m, x1, x2, x1_hat, x2_hat, title: str = "") -> None:
   """One row per mixture; all arrays [N, 32, 32, 3] in [0, 1] (outputs are clipped).
 
-  The outputs must already be in the better assignment, so x1_hat sits under x1.
+  The outputs must already be in the better assignment, so output 1 sits under original 1.
   """
   rows = len(m)
   fig, axes = plt.subplots(rows, len(COLUMNS), figsize=(1.6 * len(COLUMNS), 1.6 * rows),
@@ -92,11 +93,11 @@ def sample_grid(path: str, y1, y2, title: str = "", columns: int = 4) -> None:
 
 def compare_reconstructions(path: str, m, x1, x2, outputs: list, title: str = "") -> None:
   """The same N test mixtures for several runs. m, x1, x2: [N, 32, 32, 3]; outputs: a list of
-  (label, x1_hat, x2_hat) already in the better assignment. Rows: mixture, x1, x2, then two rows
-  (x1_hat, x2_hat) per run; columns: mixtures."""
-  rows = [("mixture", m), ("x1", x1), ("x2", x2)]
+  (label, output 1, output 2) already in the better assignment. Rows: mixture, the originals,
+  then both outputs of each run; columns: mixtures."""
+  rows = list(zip(COLUMNS[:3], (m, x1, x2)))
   for label, a, b in outputs:
-    rows += [(f"{label}\nx1_hat", a), (f"{label}\nx2_hat", b)]
+    rows += [(f"{label}\n{COLUMNS[3]}", a), (f"{label}\n{COLUMNS[4]}", b)]
   n = len(m)
   fig, axes = plt.subplots(len(rows), n, figsize=(1.25 * n + 1.6, 1.25 * len(rows)),
                            squeeze=False)
@@ -143,12 +144,14 @@ def compare_curves(path: str, runs: dict, title: str = "") -> None:
 
 
 def separation_panel(path: str, result, title: str = "") -> None:
-  """One row per mixture: the mixture, the two outputs, and where known the two originals, with
-  each output's PSNR against its original. `result`: a `separation.Separation`."""
+  """One row per mixture: the mixture, the two outputs, and where known the two originals with
+  the PSNR of the outputs against them (one figure where the outputs share one error).
+  `result`: a `separation.Separation`; its notes (how each input file was taken) go under the
+  title."""
   known = result.x1 is not None
-  columns = ["mixture", "output 1", "output 2"] + (["original 1", "original 2"] if known else [])
+  columns = [COLUMNS[0], *COLUMNS[3:]] + (list(COLUMNS[1:3]) if known else [])
   rows = len(result.mixture)
-  fig, axes = plt.subplots(rows, len(columns), figsize=(1.9 * len(columns), 1.9 * rows + 0.4),
+  fig, axes = plt.subplots(rows, len(columns), figsize=(1.9 * len(columns), 1.9 * rows + 0.7),
                            squeeze=False)
   for r in range(rows):
     images = [result.mixture[r], result.out1[r], result.out2[r]]
@@ -160,10 +163,11 @@ def separation_panel(path: str, result, title: str = "") -> None:
       ax.set_xticks([])
       ax.set_yticks([])
       label = columns[c] if r == 0 else ""
-      if known and c in (1, 2):
+      if known and result.shared_error and c == 0:
+        label = f"{label}\noutputs {result.psnr[r].mean():.1f} dB".strip()
+      elif known and not result.shared_error and c in (1, 2):
         label = f"{label}\n{result.psnr[r, c - 1]:.1f} dB".strip()
       ax.set_title(label, fontsize=8)
-  if title:
-    fig.suptitle(title, fontsize=9)
+  fig.suptitle("\n".join([title, *result.notes]).strip(), fontsize=8)
   fig.tight_layout()
   _save(fig, path)

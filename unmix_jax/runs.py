@@ -30,7 +30,7 @@ def load_config(workdir: str):
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise RunError(f"--workdir={workdir} holds no run (no config.json); train one first with "
-                   "python -m experiments.train --workdir=...")
+                   "unmix train --workdir=...")
   with open(path) as f:
     saved = json.load(f)
   # Start from the current defaults of that model and preset, so a run saved before a field
@@ -98,7 +98,7 @@ def export(workdir: str, out_dir: str) -> dict:
     shutil.rmtree(out_dir)
   os.makedirs(out_dir)
   shutil.copy(os.path.join(workdir, "config.json"), os.path.join(out_dir, "config.json"))
-  trained_by = (f"python -m experiments.train --config=configs/{config.model.name}.py:"
+  trained_by = (f"unmix train --config={config.model.name}:"
                 f"{config.preset}")
   ckpts = checkpoint.Checkpoints(out_dir, keep=1)
   try:

@@ -22,9 +22,6 @@ import pickle
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 class Worker:
   """A child process holding PyTorch objects; `step(config)` and `layer(...)` build them."""
 
@@ -33,7 +30,7 @@ class Worker:
       from unmix_jax.config_checks import ConfigError
       raise ConfigError("--compare=torch needs PyTorch: pip install -e '.[torch]' "
                         "(CPU build torch==2.13.0).")
-    self._child = subprocess.Popen([sys.executable, "-m", "experiments.torch_worker"], cwd=ROOT,
+    self._child = subprocess.Popen([sys.executable, "-m", "unmix_jax.commands.torch_worker"],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
   def _ask(self, *message):
@@ -80,7 +77,7 @@ class _RemoteStep:
 def _serve() -> None:
   replies = os.fdopen(os.dup(1), "wb")
   os.dup2(2, 1)
-  from experiments import torch_reference
+  from unmix_jax.commands import torch_reference
 
   requests, objects = sys.stdin.buffer, []
   while True:
