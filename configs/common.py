@@ -62,7 +62,7 @@ def get_base_config(preset: str | None) -> ml_collections.ConfigDict:
   c.train.grad_clip = 1.0  # clip the gradients' global norm to this
   c.train.log_every = 50  # steps per train line of metrics.jsonl
   # Train steps per jitted call (a lax.scan, the same numbers): > 1 saves the host's dispatch
-  # between steps where that is worth a second compiled program (configs/ae.py).
+  # between steps (configs/ae.py); it must divide an epoch's steps and log_every.
   c.train.steps_per_call = 1
   c.train.eval_batch_size = 500  # pairs per evaluation batch
   c.train.keep_checkpoints = 3  # the newest kept, and the best one besides
@@ -103,7 +103,7 @@ def get_base_config(preset: str | None) -> ml_collections.ConfigDict:
     c.train.ema_decay = 0.999
     c.eval.flip_average = True
   if preset == "gpu":
-    c.data.num_train_pairs = 100_000
+    c.data.num_train_pairs = 102_400  # 800 steps of 128
     c.data.num_test_pairs = 5_000
     c.train.batch_size = 128
     c.train.lr = 2e-3

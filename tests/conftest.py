@@ -112,6 +112,23 @@ def same_final_state(a, b) -> None:
     np.testing.assert_array_equal(x, y)
 
 
+def read_tensorboard(directory) -> list:
+  """Every event record (tensorboardX's `Event` protos) of the event files in `directory`, file
+  by file in name order."""
+  from tensorboardX.proto.event_pb2 import Event
+
+  events = []
+  for name in sorted(os.listdir(directory)):
+    with open(os.path.join(directory, name), "rb") as f:
+      data = f.read()
+    at = 0
+    while at < len(data):  # TFRecord: length (8 bytes), its CRC (4), payload, its CRC (4)
+      length = int.from_bytes(data[at:at + 8], "little")
+      events.append(Event.FromString(data[at + 12:at + 12 + length]))
+      at += 16 + length
+  return events
+
+
 def summary(workdir) -> dict:
   with open(os.path.join(workdir, "summary.json")) as f:
     return json.load(f)

@@ -25,6 +25,7 @@ CASES = [
     ({"data.num_test_pairs": 500}, "config.data.num_test_pairs"),
     ({"train.conv_impl": "fast"}, "config.train.conv_impl"),
     ({"train.steps_per_call": 0}, "config.train.steps_per_call"),
+    ({"train.steps_per_call": 3}, "must divide the steps of an epoch (4)"),
     ({"train.compute_dtype": "float16"}, "config.train.compute_dtype"),
     ({"model.features": (4, 8, 16, 32, 64, 128, 256)}, "config.model.features"),
 ]

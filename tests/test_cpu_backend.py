@@ -148,7 +148,7 @@ def test_a_checkpoint_moves_between_backends(tmp_path, saved_with, restored_with
   config.train.conv_impl = restored_with
   graphdef2, fresh = steps.create_train_state(config, tx)
   ckpts = checkpoint.Checkpoints(str(tmp_path), keep=2)
-  restored, _ = ckpts.restore_latest(fresh)
+  _, restored, _ = ckpts.restore(fresh)
   ckpts.close()
   m = images[:4].astype(jnp.float32) / 255
   before = nnx.merge(graphdef, state.params, state.model_state)(m, train=False)

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import (ROOT, checkpoint_steps, comparable, random_images, records,
                             run_module, same_final_state, single_step, summary, train_smoke)
-from unmix_jax import evaluation, parallel, preemption, runs, steps, train
+from unmix_jax import checkpoint, evaluation, parallel, preemption, runs, steps, train
 from unmix_jax.configs import unet
 
 # The runs compared here: the smoke preset for 5 epochs (20 steps of a global batch of 16).
@@ -201,14 +201,14 @@ def test_the_accelerator_programs_train_evaluate_and_resume(preset, dtype, tmp_p
   config = tiny(preset, conv_impl="xla", compute_dtype=dtype)
   config.train.epochs = 2
   config.profile.update(start_step=0, num_steps=1)
-  save = train.Run.save
+  save = checkpoint.Checkpoints.save
 
-  def save_then_signal(self, step, state, **kwargs):
-    save(self, step, state, **kwargs)
+  def save_then_signal(self, step, *args, **kwargs):
+    save(self, step, *args, **kwargs)
     if step == 2:
       os.kill(os.getpid(), signal.SIGTERM)
 
-  monkeypatch.setattr(train.Run, "save", save_then_signal)
+  monkeypatch.setattr(checkpoint.Checkpoints, "save", save_then_signal)
   with pytest.raises(preemption.Preempted, match="at step 2"):
     train.train_and_evaluate(config, run_dir, show_progress=False)
   monkeypatch.undo()

@@ -8,11 +8,10 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from tests.conftest import (ROOT, assert_one_line_error, checkpoint_steps, comparable, records,
-                            run_module, summary, train_smoke)
-from unmix_jax import backend, compare, evaluation, logs, runs, train
+from tests.conftest import (assert_one_line_error, checkpoint_steps, comparable,
+                            read_tensorboard, records, run_module, summary, train_smoke)
+from unmix_jax import backend, compare, evaluation, runs, train
 
 
 def test_a_run_writes_logs_pictures_checkpoints_and_a_profile(unet_run):
@@ -28,7 +27,7 @@ def test_a_run_writes_logs_pictures_checkpoints_and_a_profile(unet_run):
   assert summary(unet_run)["test"] == {k: v for k, v in test_rows[-1].items()
                                        if k not in ("step", "epoch", "split", "wall_time")}
   # TensorBoard holds the same scalars.
-  events = logs.read_tensorboard(os.path.join(unet_run, "tb"))
+  events = read_tensorboard(os.path.join(unet_run, "tb"))
   tb = {(v.tag, e.step): v.simple_value for e in events for v in e.summary.value}
   assert tb[("test/psnr", 12)] == pytest.approx(test_rows[-1]["psnr"], rel=1e-6)
   # The profile of steps 3-4 and the train step's optimised HLO.
@@ -43,17 +42,14 @@ def test_a_run_writes_logs_pictures_checkpoints_and_a_profile(unet_run):
 
 def test_k_step_calls_log_every_epoch_alike_and_profile_past_the_first_epoch(tmp_path,
                                                                                tfds_data_dir):
-  """5 steps an epoch, 2 steps a call, a log line every 2 steps: calls sized on the global
-  step close a window at every even step and at each epoch's end, in every epoch; the trace of
-  steps 6-7 (in the second epoch) is written."""
+  """6 steps an epoch, 3 steps a call, a log line every 3 steps: every epoch logs alike; the
+  trace of steps 8-9 (whole calls, in the second epoch) is written."""
   run_dir = str(tmp_path / "run")
-  train_smoke(run_dir, **{"data.num_train_pairs": 80, "train.epochs": 3,
-                          "train.steps_per_call": 2, "profile.start_step": 5,
-                          "profile.num_steps": 2})
+  train_smoke(run_dir, **{"data.num_train_pairs": 96, "train.epochs": 3,
+                          "train.steps_per_call": 3, "train.log_every": 3,
+                          "profile.start_step": 7, "profile.num_steps": 2})
   train_steps = [r["step"] for r in records(run_dir) if r["split"] == "train"]
-  assert train_steps == [2, 4, 5, 6, 8, 10, 12, 14, 15]
-  per_epoch = [sum(1 for s in train_steps if e * 5 < s <= (e + 1) * 5) for e in range(3)]
-  assert per_epoch == [3, 3, 3]
+  assert train_steps == [3, 6, 9, 12, 15, 18]
   traces = [f for _, _, fs in os.walk(os.path.join(run_dir, "profile")) for f in fs
             if f.endswith(".xplane.pb")]
   assert traces
@@ -62,24 +58,22 @@ def test_k_step_calls_log_every_epoch_alike_and_profile_past_the_first_epoch(tmp
 def test_a_resumed_run_equals_the_unbroken_one_and_compiles_each_program_once(
     unet_run, copy_run, capsys, monkeypatch):
   broken = copy_run(unet_run, keep_steps=[4])  # as if stopped right after epoch 1
-  programs = []
+  compile_call, calls = train._compile_train_call, []
 
-  class Recorded(train.Programs):
-    def __init__(self, *a):
-      super().__init__(*a)
-      programs.append(self)
+  def recorded(*args):
+    call, zeros = compile_call(*args)
+    calls.append(call)
+    return call, zeros
 
-  monkeypatch.setattr(train, "Programs", Recorded)
+  monkeypatch.setattr(train, "_compile_train_call", recorded)
   train_smoke(broken, **{"train.epochs": 3, "profile.start_step": 2, "profile.num_steps": 2,
                          "profile.dump_hlo": True})
   assert "resuming from step 4" in capsys.readouterr().out
   assert comparable(broken) == comparable(unet_run)
   assert summary(broken)["test"] == summary(unet_run)["test"]
-  # One compile of the two-step program, none at step 2 when the step gets back the metric
-  # window it returned; the steps after 4 all run two to a call (log lines at even steps, the
-  # profiled steps 3-4 lie before), so the one-step program is compiled but never called.
-  assert [p.many._cache_size() for p in programs] == [1]
-  assert [p.one._cache_size() for p in programs] == [0]
+  # One program of two steps a call, compiled once: none again at step 2 when the call gets
+  # back the metric window it returned.
+  assert [c._cache_size() for c in calls] == [1]
 
 
 def test_more_epochs_continue_the_log_without_duplicates(unet_run, copy_run, capsys):
@@ -114,42 +108,12 @@ def test_evaluate_scores_the_best_checkpoint_with_intervals(unet_run, copy_run):
   assert "test (unseen images)" in table and "gain" in table
 
 
-def test_the_evaluate_command_and_the_notebook_read_a_run(unet_run, copy_run, tmp_path):
-  import nbformat
-  from nbclient import NotebookClient
-
+def test_the_evaluate_command_writes_eval_json(unet_run, copy_run):
   workdir = copy_run(unet_run)
   result = run_module("experiments.evaluate", f"--workdir={workdir}")
   assert result.returncode == 0, result.stderr[-2000:]
   assert "test (unseen images)" in result.stdout and os.path.exists(
       os.path.join(workdir, "eval.json"))
-  # Headless: two pictures of its own for the shipped model, and the Colab-GPU section trains
-  # the smoke preset; the reading cells read the shared run.
-  pictures = []
-  for k in range(2):
-    pictures.append(str(tmp_path / f"picture{k}.png"))
-    Image.fromarray(np.random.default_rng(k).integers(0, 256, (48, 40, 3), np.uint8)).save(
-        pictures[-1])
-  settings = dict(UNMIX_WORKDIR=workdir, UNMIX_PICTURES=",".join(pictures),
-                  UNMIX_COLAB_PRESET="smoke", UNMIX_COLAB_MINUTES="5",
-                  UNMIX_TRAIN_DIR=str(tmp_path / "colab"),
-                  UNMIX_SEPARATIONS=str(tmp_path / "separations"))
-  notebook = nbformat.read(os.path.join(ROOT, "experiments", "colab.ipynb"), as_version=4)
-  os.environ.update(settings)
-  try:
-    NotebookClient(notebook, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": ROOT}}).execute()
-  finally:
-    for name in settings:
-      del os.environ[name]
-  outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
-  assert not [o for o in outputs if o.output_type == "error"]
-  separated, trained = (str(notebook.cells[i].outputs) for i in (2, 4))
-  assert "model: the shipped unet (:cpu60" in separated and "image/png" in separated
-  assert os.path.exists(tmp_path / "separations" / "mine.png")
-  assert "test (unseen images, 16 pairs)" in trained
-  assert os.path.exists(tmp_path / "colab" / "summary.json")
-  assert any("image/png" in o.get("data", {}) for o in notebook.cells[-2].outputs)
 
 
 def test_a_run_opens_from_any_directory(unet_run, tmp_path):

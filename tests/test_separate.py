@@ -126,7 +126,7 @@ def test_an_exported_run_holds_the_best_weights_its_config_and_scores(unet_run, 
                                                                        tmp_path):
   source = copy_run(unet_run)
   out = str(tmp_path / "exported")
-  info = runs.export(source, out)
+  info = runs.export(source, out, evaluation.evaluate_run(source, "best"))
   assert sorted(os.listdir(out)) == ["checkpoints", "config.json", "eval.json", "export.json"]
   _, _, best, step = runs.restore(source, "best")
   _, _, weights, exported_step = runs.restore(out)
@@ -143,7 +143,8 @@ def test_an_exported_run_holds_the_best_weights_its_config_and_scores(unet_run, 
 def test_the_command_separates_with_an_exported_model_from_another_directory(
     unet_run, copy_run, pictures, tmp_path):
   out = str(tmp_path / "exported")
-  runs.export(copy_run(unet_run), out)
+  source = copy_run(unet_run)
+  runs.export(source, out, evaluation.evaluate_run(source, "best"))
   elsewhere = tmp_path / "elsewhere"
   elsewhere.mkdir()
   result = run_unmix("separate", f"--workdir={out}", pictures["wide"], pictures["gray"],

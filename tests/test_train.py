@@ -5,7 +5,7 @@ import optax
 import pytest
 
 from tests.conftest import random_images, single_step
-from unmix_jax import checkpoint, evaluation, steps, train
+from unmix_jax import checkpoint, data, evaluation, steps, train
 from unmix_jax.configs import ae, unet, vae
 
 
@@ -87,28 +87,6 @@ def test_one_call_of_k_steps_equals_k_calls(name):
     np.testing.assert_array_equal(a, b)  # bit for bit: steps_per_call never changes results
 
 
-def test_calls_stop_at_log_lines_epoch_ends_and_profiled_steps():
-  config = smoke_config()
-  config.train.steps_per_call, config.train.log_every = 4, 8
-
-  def sizes(done, left):
-    out = []
-    while left:
-      n = train.call_size(config, done, left)
-      out.append(n)
-      done, left = done + n, left - n
-    return out
-
-  assert sizes(0, 16) == [4, 4, 4, 4]
-  assert sizes(0, 10) == [4, 4, 1, 1]  # the epoch ends after 10
-  assert sizes(10, 12) == [4, 1, 1, 4, 1, 1]  # log lines at 16 and 24
-  config.profile.start_step, config.profile.num_steps = 5, 2  # steps 6 and 7 traced alone
-  assert sizes(0, 16) == [4, 1, 1, 1, 1, 4, 4]
-  config.train.log_every = 3  # fewer steps than a call between log lines: one by one
-  config.profile.start_step = -1
-  assert sizes(0, 5) == [1] * 5
-
-
 def test_evaluate_pads_the_last_batch_without_changing_results():
   config = smoke_config()
   tx = steps.make_optimizer(config, 10)
@@ -133,50 +111,17 @@ def test_checkpoint_round_trip_and_best_kept(tmp_path):
   for i, val in enumerate(val_losses, start=1):
     state, _ = step(state, random_images(), idx, jax.random.PRNGKey(0))
     ckpts.save(i, state, {"epoch": i}, val)
-  assert ckpts.steps() == [2, 4, 5]  # the last two plus the best by val loss
-  assert ckpts.best_step() == 2
+  ckpts.save(6, state, {"epoch": 5.5}, None)  # mid-epoch (a stop): no loss to rank it
+  ckpts.wait()
+  assert ckpts.steps() == [2, 5, 6]  # the last two plus the best by val loss
+  assert ckpts.best_step() == 2 and ckpts.latest_step() == 6
   _, fresh = steps.create_train_state(config, tx)
-  restored, meta = ckpts.restore_latest(fresh)
-  assert meta == {"epoch": 5, "select_loss": 0.35}
+  step_read, restored, meta = ckpts.restore(fresh, "latest")
+  assert meta == {"epoch": 5.5, "select_loss": None} and step_read == 6
   assert int(restored.step) == 5
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
     np.testing.assert_array_equal(a, b)
-  ckpts.close()
-
-
-def test_a_checkpoint_with_nnx_variables_restores_into_the_dict_state(tmp_path):
-  """Checkpoints written while TrainState held nnx.State (parameters as nnx.Variable leaves,
-  one `value` level deeper on disk) still restore."""
-  from flax import nnx
-  config = ae.get_config("smoke")
-  tx = steps.make_optimizer(config, 10)
-  graphdef, state = steps.create_train_state(config, tx)
-  state, _ = single_step(graphdef, config, tx)(
-      state, random_images(), jnp.array([[0, 1], [2, 3]], jnp.int32), jax.random.PRNGKey(0))
-  model = nnx.merge(graphdef, state.params, state.model_state)
-  _, params, rest = nnx.split(model, nnx.Param, ...)
-  adam = state.opt_state[1].inner_state[0]
-
-  def as_state(pure):
-    like = jax.tree.map(jnp.zeros_like, params)
-    nnx.replace_by_pure_dict(like, pure)
-    return like
-
-  inner = (adam._replace(mu=as_state(adam.mu), nu=as_state(adam.nu)),
-           *state.opt_state[1].inner_state[1:])
-  old = state.replace(params=params, model_state=rest, opt_state=(
-      state.opt_state[0], state.opt_state[1]._replace(inner_state=inner)))
-  ckpts = checkpoint.Checkpoints(str(tmp_path))
-  ckpts.save(1, old, {"epoch": 1}, 0.5)
-  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(old)]
-  assert sum(p.endswith(".value") for p in paths) == 3 * len(jax.tree.leaves(params)) + len(
-      jax.tree.leaves(rest))
-  _, fresh = steps.create_train_state(config, tx)
-  restored, meta = ckpts.restore_latest(fresh)
-  assert meta["epoch"] == 1
-  assert jax.tree.structure(restored) == jax.tree.structure(state)
-  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
-    np.testing.assert_array_equal(a, b)
+  assert ckpts.restore(fresh, "best")[0] == 2
   ckpts.close()
 
 
@@ -219,19 +164,18 @@ def test_clip_by_global_norm_equals_optax(scale):
                                                         rel=1e-6)
 
 
-def test_epoch_calls_cover_the_epoch_in_order_with_the_planned_sizes():
+def test_an_epoch_is_called_in_steps_per_call_from_any_step(monkeypatch):
   config = smoke_config()
-  config.train.batch_size, config.train.steps_per_call, config.train.log_every = 2, 3, 4
-  config.data.num_train_pairs = 20
-  order = np.arange(2 * 2 * 10, dtype=np.int32).reshape(-1, 2)  # 10 steps of 2 pairs
-  calls = list(train.epoch_calls(config, order, 0, 1, mesh=_mesh()))
-  assert [n for n, _ in calls] == [3, 3, 1, 1, 1]  # from step 1; log lines at 4 and 8
-  rows = np.concatenate([np.asarray(idx).reshape(-1, 2) for _, idx in calls])
-  np.testing.assert_array_equal(rows, order[2:])
-  assert [np.asarray(idx).shape for n, idx in calls if n == 3] == [(3, 2, 2)] * 2
-  config.data.stream_pairs = True  # the steps draw their own pairs: only the sizes
-  assert list(train.epoch_calls(config, None, 0, 1, mesh=_mesh())) == [
-      (3, None), (3, None), (1, None), (1, None), (1, None)]
+  config.train.batch_size, config.train.steps_per_call, config.train.log_every = 2, 2, 4
+  config.data.num_train_pairs = 20  # 10 steps an epoch
+  order = np.arange(2 * 2 * 10, dtype=np.int32).reshape(-1, 2)
+  monkeypatch.setattr(data, "epoch_pairs", lambda *args: order)
+  calls = list(train._epoch_batches(config, None, 0, 4, mesh=_mesh()))  # resumed at step 4
+  assert [np.asarray(idx).shape for idx in calls] == [(2, 2, 2)] * 3
+  rows = np.concatenate([np.asarray(idx).reshape(-1, 2) for idx in calls])
+  np.testing.assert_array_equal(rows, order[8:])
+  monkeypatch.setattr(data, "epoch_pairs", lambda *args: None)  # the steps draw their own
+  assert list(train._epoch_batches(config, None, 0, 0, mesh=_mesh())) == [None] * 5
 
 
 def _mesh():

@@ -9,14 +9,14 @@ checkpoint. `results_dir/report.md` is rewritten every time.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 
 import jax
 import numpy as np
 
-from unmix_jax import compare, data, evaluation, runs, steps, train
+from unmix_jax import compare, data, evaluation, logs, runs, steps, train
+from unmix_jax import workdir as workdir_lib
 
 # name: (what it is, the fields that switch it on, the fields that switch it off)
 LEVERS = {
@@ -49,14 +49,6 @@ def _get(config, name: str):
   return config[section][field]
 
 
-def with_fields(config, fields: dict):
-  config = config.copy_and_resolve_references()
-  for name, value in fields.items():
-    section, field = name.split(".")
-    config[section][field] = value
-  return config
-
-
 def uses(config, lever: str) -> bool:
   """Whether `config` has `lever` switched on."""
   return all(_get(config, k) == v for k, v in LEVERS[lever][1].items())
@@ -65,7 +57,9 @@ def uses(config, lever: str) -> bool:
 def switched(config, lever: str):
   """`config` with `lever` switched the other way."""
   _, on, off = LEVERS[lever]
-  return with_fields(config, off if uses(config, lever) else on)
+  config = config.copy_and_resolve_references()
+  config.update_from_flattened_dict(off if uses(config, lever) else on)
+  return config
 
 
 def applies(config, lever: str) -> bool:
@@ -109,15 +103,14 @@ def run_all(recipe, results_dir: str, levers=tuple(LEVERS), *,
   scores, seconds = {}, {}
   for name, config in runs_needed.items():
     eval_only = name != "recipe" and all(k.startswith("eval.") for k in LEVERS[name][1])
-    workdir = os.path.join(results_dir, "recipe" if eval_only else name)
+    workdir = str(workdir_lib.path(results_dir) / ("recipe" if eval_only else name))
     if not eval_only:
       if compare.finished(workdir, config):
         print(f"== {name}: finished run in {workdir}, scoring it", flush=True)
       else:
         print(f"== {name}: training in {workdir}", flush=True)
         train.train_and_evaluate(config, workdir, show_progress=show_progress)
-    with open(os.path.join(workdir, "summary.json")) as f:
-      seconds[name] = json.load(f)["wall_seconds"]
+    seconds[name] = logs.read_summary(workdir)["wall_seconds"]
     scores[name] = _scores(workdir, config if eval_only else None)
   rows = [_row(lever, recipe, scores["recipe"], scores[lever], seconds["recipe"],
                seconds[lever]) for lever in runs_needed if lever != "recipe"]
@@ -182,6 +175,5 @@ def write_report(recipe, results_dir: str, rows: list[dict], base: dict, base_s:
       "95% bootstrap interval is paired. Val: pairs of the training images (seen). Train s: the "
       "run's wall time.\n\n"
       f"{table(rows)}\n\n{levers}\n")
-  with open(os.path.join(results_dir, "report.md"), "w") as f:
-    f.write(text)
+  workdir_lib.write_bytes(workdir_lib.path(results_dir) / "report.md", text.encode())
 

@@ -20,28 +20,39 @@ from unmix_jax.models import layers as layers_lib
 IMPLS = ("auto", "xla", "cpu", "onednn")
 
 
-def resolve(conv_impl: str) -> str:
-  """'auto' -> the implementation for the default backend; 'onednn' is built and loaded here.
-  Raises ValueError naming the field when the choice cannot run."""
+class BackendError(ValueError):
+  """A `config.train.conv_impl` that cannot run here; the message names the field and the fix."""
+
+
+def check(conv_impl: str) -> None:
+  """BackendError, naming the field, where `conv_impl` cannot run here; builds nothing."""
   if conv_impl not in IMPLS:
-    raise ValueError(f"config.train.conv_impl={conv_impl!r} is not known; choose one of "
+    raise BackendError(f"config.train.conv_impl={conv_impl!r} is not known; choose one of "
                      f"{', '.join(IMPLS)}.")
-  on_cpu = jax.default_backend() == "cpu"
+  if conv_impl == "onednn" and jax.default_backend() != "cpu":
+    raise BackendError("config.train.conv_impl='onednn' runs on the CPU backend only; use "
+                       "'auto'.")
+  if conv_impl == "onednn" and jax.device_count() > 1:
+    # XLA's partitioner cannot split the custom calls over a batch-sharded mesh.
+    raise BackendError(f"config.train.conv_impl='onednn' runs on one CPU device, not "
+                     f"{jax.device_count()}; use 'cpu' or 'auto'.")
+
+
+def resolve(conv_impl: str) -> str:
+  """'auto' -> the implementation for the default backend; 'onednn' is built and loaded here
+  (BackendError naming the field when it cannot be)."""
+  check(conv_impl)
   if conv_impl == "auto":
-    if not on_cpu:
+    if jax.default_backend() != "cpu":
       return "xla"
     return "cpu" if jax.device_count() > 1 or onednn_unavailable() else "onednn"
   if conv_impl == "onednn":
-    if not on_cpu:
-      raise ValueError("config.train.conv_impl='onednn' runs on the CPU backend only; use "
-                       "'auto'.")
-    if jax.device_count() > 1:
-      # XLA's partitioner cannot split the custom calls over a batch-sharded mesh.
-      raise ValueError(f"config.train.conv_impl='onednn' runs on one CPU device, not "
-                       f"{jax.device_count()}; use 'cpu' or 'auto'.")
     from unmix_jax.cpu import onednn
 
-    onednn.load()
+    try:
+      onednn.load()
+    except ValueError as e:
+      raise BackendError(str(e)) from None
   return conv_impl
 
 

@@ -38,6 +38,11 @@ def fail(message: str, code: int = BAD_INPUT):
   """Prints `error: message` as the last line on stderr and exits with `code`."""
   sys.stdout.flush()
   print(f"error: {message}", file=sys.stderr, flush=True)
+  if code == LOST_PROCESS:
+    # Not sys.exit: with a process of the run gone, JAX's exit-time jax.distributed.shutdown()
+    # waits at a barrier for it and aborts this one with a C++ stack dump (SIGABRT). Every
+    # `finally` inside has run by now.
+    os._exit(code)
   sys.exit(code)
 
 
@@ -193,22 +198,24 @@ def one_line_errors():
   """Known failures as one line: bad settings and data exit 2, storage 3, a lost process 4, a
   stop by signal 128 + N after its checkpoint."""
   # Imported here: the flag parsing above stays fast (--help) without JAX and Orbax.
-  from unmix_jax import (checkpoint, config_checks, data, parallel, preemption, runs, separation,
-                         workdir)
+  from unmix_jax import (backend, checkpoint, config_checks, data, parallel, preemption, runs,
+                         separation, workdir)
 
   known = (config_checks.ConfigError, data.DataError, checkpoint.CheckpointError, runs.RunError,
-           workdir.LockedError, parallel.LaunchError, separation.ImageError, FloatingPointError)
+           workdir.LockedError, parallel.LaunchError, separation.ImageError,
+           backend.BackendError, FloatingPointError)
   try:
     yield
-  except workdir.DiskFullError as e:
+  except workdir.StorageError as e:
     fail(str(e), STORAGE)
   except parallel.ProcessLost as e:
     fail(str(e), LOST_PROCESS)
   except OSError as e:
-    if not workdir.is_disk_error(e):
+    reason = workdir.storage_reason(e)
+    if reason is None:
       raise
     # A write outside training's own files (a report, separate's outputs): no checkpoint to name.
-    fail(str(workdir.DiskFullError(e.filename or "a file", workdir.disk_reason(e))), STORAGE)
+    fail(str(workdir.StorageError(e.filename or "a file", reason)), STORAGE)
   except known as e:
     fail(str(e))
   except preemption.Preempted as e:

@@ -14,7 +14,9 @@ import platform
 import jax
 import jax.numpy as jnp
 
-from unmix_jax import configs, config_checks, data, evaluation, logs, metrics, plotting, runs, steps, train
+from unmix_jax import (configs, config_checks, data, evaluation, logs, metrics, plotting, runs,
+                       steps, train)
+from unmix_jax import workdir as workdir_lib
 
 MODELS = ("unet", "ae", "vae")
 LOSSES = ("pit", "fixed")
@@ -30,8 +32,7 @@ def run_config(model: str, loss: str, preset: str):
 def finished(workdir: str, config) -> bool:
   """True when `workdir` holds a completed run of exactly `config`; a run of any other config
   there is an error, so a report never mixes settings."""
-  saved_path = os.path.join(workdir, "config.json")
-  if os.path.exists(saved_path):
+  if (workdir_lib.path(workdir) / "config.json").exists():
     saved = runs.load_config(workdir)
     if saved.to_json() != config.to_json():
       theirs, ours = json.loads(saved.to_json()), json.loads(config.to_json())
@@ -40,27 +41,20 @@ def finished(workdir: str, config) -> bool:
       raise config_checks.ConfigError(
           f"{workdir} holds a run of another config ({', '.join(diff) or 'top-level fields'} "
           "differ); move it away to retrain it with the current one.")
-  path = os.path.join(workdir, "summary.json")
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    summary = json.load(f)
-  return summary["step"] >= steps.steps_per_epoch(config) * config.train.epochs
+  summary = logs.read_summary(workdir)
+  return summary is not None and summary["step"] >= steps.steps_per_epoch(config) * config.train.epochs
 
 
 def check_results_dir(results_dir: str, holds: str) -> None:
   """A results directory holds one study (`holds`, e.g. "runs of preset 'cpu'"), never two."""
-  marker = os.path.join(results_dir, "study.json")
-  if os.path.exists(marker):
-    with open(marker) as f:
-      previous = json.load(f)["holds"]
-    if previous != holds:
-      raise config_checks.ConfigError(
-          f"--results_dir={results_dir} holds {previous}, not {holds}; use another "
-          "--results_dir so the two are never mixed.")
-  os.makedirs(results_dir, exist_ok=True)
-  with open(marker, "w") as f:
-    json.dump({"holds": holds}, f)
+  marker = workdir_lib.path(results_dir) / "study.json"
+  previous = (workdir_lib.read_json(marker) or {}).get("holds", holds)
+  if previous != holds:
+    raise config_checks.ConfigError(
+        f"--results_dir={results_dir} holds {previous}, not {holds}; use another "
+        "--results_dir so the two are never mixed.")
+  marker.parent.mkdir(parents=True, exist_ok=True)
+  workdir_lib.write_json(marker, {"holds": holds})
 
 
 def run_all(preset: str, results_dir: str, models=MODELS, losses=LOSSES, *,
@@ -70,15 +64,14 @@ def run_all(preset: str, results_dir: str, models=MODELS, losses=LOSSES, *,
   for model in models:
     for loss in losses:
       config = run_config(model, loss, preset)
-      workdir = os.path.join(results_dir, f"{model}-{loss}")
+      workdir = str(workdir_lib.path(results_dir) / f"{model}-{loss}")
       if finished(workdir, config):
         print(f"== {model} / {loss}: finished run in {workdir}, re-evaluating", flush=True)
       else:
         print(f"== {model} / {loss}: training in {workdir}", flush=True)
         train.train_and_evaluate(config, workdir, show_progress=show_progress)
       result = evaluation.evaluate_run(workdir)
-      with open(os.path.join(workdir, "summary.json")) as f:
-        result["summary"] = json.load(f)
+      result["summary"] = logs.read_summary(workdir)
       print(evaluation.table(result), flush=True)
       rows.append(result)
   write_report(preset, results_dir, rows)
@@ -97,9 +90,10 @@ def _pictures(results_dir: str, rows: list[dict]) -> None:
     x1_hat, x2_hat = steps.make_predict(graphdef, config)(state, m)
     x1_hat, x2_hat = metrics.best_assignment(x1_hat, x2_hat, x1, x2)
     outputs.append((f"{row['model']}/{row['loss']}", x1_hat, x2_hat))
-  plotting.compare_reconstructions(os.path.join(results_dir, "reconstructions.png"), m, x1, x2,
-                                   outputs, title="The same unseen test mixtures, every run")
-  plotting.compare_curves(os.path.join(results_dir, "loss_curves.png"),
+  results = workdir_lib.path(results_dir)
+  plotting.compare_reconstructions(results / "reconstructions.png", m, x1, x2, outputs,
+                                   title="The same unseen test mixtures, every run")
+  plotting.compare_curves(results / "loss_curves.png",
                           {f"{r['model']}/{r['loss']}": logs.read_metrics(r["workdir"])
                            for r in rows})
 

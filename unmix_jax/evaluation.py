@@ -8,12 +8,10 @@ interval is much narrower than the two separate intervals suggest.
 
 from __future__ import annotations
 
-import os
-
-import jax
 import numpy as np
 
-from unmix_jax import data, logs, parallel, runs, steps
+from unmix_jax import data, parallel, runs, steps
+from unmix_jax import workdir as workdir_lib
 
 NUM_BOOTSTRAP = 1000
 METRICS = ("mse", "psnr", "ssim")
@@ -88,7 +86,7 @@ def evaluate_run(workdir: str, which: str = "best") -> dict:
   splits (test, val, and holdout where the run has one), writes `workdir/eval.json` and returns
   its content."""
   result = score_run(workdir, which)
-  logs.write_json(os.path.join(workdir, "eval.json"), result)
+  workdir_lib.write_json(workdir_lib.path(workdir) / "eval.json", result)
   return result
 
 
@@ -98,7 +96,7 @@ def score_run(workdir: str, which: str = "best", test_only: bool = False) -> dic
   config, graphdef, state, step = runs.restore(workdir, which)
   pair_data = data.load(config, test_only=test_only)
   eval_step = steps.make_eval_step(graphdef, config)
-  result = {"workdir": os.path.abspath(workdir), "model": config.model.name, "loss": config.loss,
+  result = {"workdir": str(workdir_lib.path(workdir)), "model": config.model.name, "loss": config.loss,
             "preset": config.preset, "checkpoint_step": step,
             "params": steps.count_params(state.params),
             "intervals": f"95% percentile bootstrap over pairs, {NUM_BOOTSTRAP} resamples",

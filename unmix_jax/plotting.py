@@ -8,17 +8,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from unmix_jax.workdir import replaced  # noqa: E402
+from unmix_jax import workdir  # noqa: E402
 
 # One name for each image in every figure, panel and log line.
 COLUMNS = ("mixture", "original 1", "original 2", "output 1", "output 2")
 
 
-def _save(fig, path: str) -> None:
-  """The figure as a PNG at `path`, whole or not at all (a full disk keeps the previous one)."""
+def _save(fig, path) -> None:
+  """The figure as a PNG at `path` (a local path or a bucket's), whole or not at all."""
+  import io
+
   try:
-    with replaced(path) as temporary:
-      fig.savefig(temporary, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    workdir.write_bytes(path, png.getvalue())
   finally:
     plt.close(fig)
 

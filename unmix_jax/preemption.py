@@ -48,17 +48,20 @@ class StopRequests:
   finished steps wait for a checkpoint) current, so the watcher knows when it may exit at once.
   `agree(signum) -> int`: the largest signal number any process caught (0: none), the same on
   every process (`parallel.max_over_processes`); the identity in a single process.
+  `idle_exit`: whether a first signal with nothing unsaved exits after GRACE_S. Not with
+  several processes: one that waits for the others at the agreement must not leave them.
   `at_exit`: cleanups (releasing the workdir lock) run before an immediate exit.
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-  def __init__(self, directory: str = "", agree: Callable[[int], int] = int):
+  def __init__(self, directory: str = "", agree: Callable[[int], int] = int,
+               idle_exit: bool = True):
     self.signum = None
     self.directory = directory
     self.saved_step: int | None = None
     self.unsaved = False
-    self.agree = agree
+    self.agree, self.idle_exit = agree, idle_exit
     self.at_exit: list[Callable[[], None]] = []
     self._received = 0
     self._taken_up = False  # the loop has seen the stop request and acts on it
@@ -99,7 +102,7 @@ class StopRequests:
                              "command again to resume.")
     print(f"\n{name} received: saving a checkpoint of the step in progress, then exiting "
           "(send it again to exit at once).", file=sys.stderr, flush=True)
-    if not self.unsaved:
+    if not self.unsaved and self.idle_exit:
       # Nothing to save: unless the loop takes the stop up within GRACE_S (then every process
       # of a run stops at the same step), exit without waiting for the main thread.
       self._timer = threading.Timer(GRACE_S, self._exit_unless_taken_up, args=(signum,))

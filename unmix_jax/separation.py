@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unmix_jax import data, metrics, plotting, runs, steps
-from unmix_jax.workdir import replaced
+from unmix_jax import workdir
 
 SIZE = 32
 # Pictures larger than this are refused before they are decoded (PIL's decompression-bomb
@@ -93,10 +93,13 @@ def load_image(path: str) -> tuple[np.ndarray, str]:
 
 def save_image(path: str, x) -> None:
   """Writes x [32, 32, 3] (clipped to [0, 1]) as an 8-bit PNG."""
+  import io
+
   from PIL import Image
 
-  with replaced(path) as temporary:
-    Image.fromarray(np.round(np.clip(np.asarray(x), 0, 1) * 255).astype(np.uint8)).save(temporary)
+  png = io.BytesIO()
+  Image.fromarray(np.round(np.clip(np.asarray(x), 0, 1) * 255).astype(np.uint8)).save(png, "PNG")
+  workdir.write_bytes(path, png.getvalue())
 
 
 @dataclasses.dataclass
@@ -154,17 +157,17 @@ def output_paths(out_dir: str, name: str, count: int, inputs=()) -> list[str]:
   the `inputs`: nothing a user has is overwritten."""
   taken = {os.path.realpath(p) for p in inputs}
   for k in itertools.count():
-    stem = os.path.join(out_dir, name if k == 0 else f"{name}-{k}")
+    stem = str(workdir.path(out_dir) / (name if k == 0 else f"{name}-{k}"))
     paths = [f"{stem}_panel.png"] + [f"{stem}_{part}{f'_{i}' if i else ''}.png"
                                      for i in range(count) for part in ("mixture", "out1", "out2")]
-    if not any(os.path.exists(p) or os.path.realpath(p) in taken for p in paths):
+    if not any(workdir.path(p).exists() or os.path.realpath(p) in taken for p in paths):
       return paths
 
 
 def write(result: Separation, out_dir: str, name: str, title: str, inputs=()) -> list[str]:
   """The panel and each pair's mixture and outputs as PNGs in `out_dir` (`output_paths`: new
   names, never an existing file); returns the paths written."""
-  os.makedirs(out_dir, exist_ok=True)
+  workdir.path(out_dir).mkdir(parents=True, exist_ok=True)
   paths = output_paths(out_dir, name, len(result.mixture), inputs)
   plotting.separation_panel(paths[0], result, title=title)
   images = [image for k in range(len(result.mixture))

@@ -81,7 +81,9 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
 
 def current_lr(opt_state) -> jax.Array:
-  return opt_state[1].hyperparams["learning_rate"]
+  """The learning rate the optimizer applies next (its injected hyperparameter)."""
+  return optax.tree_utils.tree_get(opt_state, "learning_rate",
+                                   filtering=lambda _, value: isinstance(value, jax.Array))
 
 
 def create_train_state(config, tx) -> tuple[nnx.GraphDef, TrainState]:
@@ -172,9 +174,9 @@ def make_train_step(graphdef, config, tx, stacked: bool = False) -> Callable:
   zeros are reused to start each window).
 
   `stacked=True`: one call runs K = `config.train.steps_per_call` steps in order (`lax.scan`;
-  idx [K, B, 2] or None), with the same numbers as K calls (bit for bit on the CPU). Each call
-  costs the host a dispatch of the state's arrays plus a hand-over between executions, which
-  counts for short steps (the AE's).
+  idx [K, B, 2] or None), with the same numbers as K calls. Each call costs the host a
+  dispatch of the state's arrays plus a hand-over between executions, which counts for short
+  steps (the AE's).
   """
   step = _step_function(graphdef, config, tx)
 

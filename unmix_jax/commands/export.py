@@ -3,13 +3,12 @@
   unmix export --workdir=runs/unet-cpu60                # replaces the shipped model
   unmix export --workdir=runs/unet-cpu60 --out=exported/unet
 
-Scores the run first (`experiments.evaluate`), then writes <out>/config.json, eval.json,
+Scores the run first (`unmix evaluate`), then writes <out>/config.json, eval.json,
 export.json and one checkpoint of the evaluation weights and normalisation statistics (no
 optimizer state). The default --out is the package's unmix_jax/pretrained/unet-cpu60, what
-`experiments.separate` and `experiments.evaluate --pretrained` use.
+`unmix separate` and `unmix evaluate --pretrained` use.
 """
 
-import os
 
 from absl import flags, logging
 
@@ -22,14 +21,18 @@ _OUT = flags.DEFINE_string("out", None, "Where to write; default: the shipped mo
 def main(argv):
   del argv
   logging.set_verbosity(logging.ERROR)
-  from unmix_jax import evaluation, logs, runs
+  from unmix_jax import evaluation, logs, runs, workdir
 
   out = _OUT.value or runs.pretrained_dir()
   with cli.one_line_errors():
-    info = runs.export(_WORKDIR.value, out)
+    info = runs.export(_WORKDIR.value, out, evaluation.evaluate_run(_WORKDIR.value, "best"))
   print(evaluation.table(logs.read_eval(out)))
-  size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
-  print(f"exported step {info['step']} of {_WORKDIR.value} to {out} ({size / 1e6:.2f} MB)")
+  print(f"exported step {info['step']} of {_WORKDIR.value} to {out} "
+        f"({_size(workdir.path(out)) / 1e6:.2f} MB)")
+
+
+def _size(folder) -> int:
+  return sum(_size(p) if p.is_dir() else p.stat().st_size for p in folder.iterdir())
 
 
 def run():

@@ -5,7 +5,6 @@
 Writes <workdir>/samples.png. A plain autoencoder or U-Net has no prior to sample from.
 """
 
-import os
 
 from absl import flags, logging
 
@@ -22,7 +21,7 @@ def main(argv):
   import jax
   from flax import nnx
 
-  from unmix_jax import plotting, runs
+  from unmix_jax import plotting, runs, workdir
 
   with cli.one_line_errors():
     config, graphdef, state, step = runs.restore(_WORKDIR.value, "best")
@@ -33,8 +32,10 @@ def main(argv):
              "autoencoder's bottleneck has no such distribution.")
   z = jax.random.normal(jax.random.PRNGKey(_SEED.value), (_NUM.value, model.latent_dim))
   y1, y2 = jax.jit(lambda z: model.decode(z))(z)
-  path = os.path.join(_WORKDIR.value, "samples.png")
-  plotting.sample_grid(path, y1, y2, title=f"VAE samples, z ~ N(0, I), checkpoint step {step}")
+  path = workdir.path(_WORKDIR.value) / "samples.png"
+  with cli.one_line_errors():
+    plotting.sample_grid(path, y1, y2,
+                         title=f"VAE samples, z ~ N(0, I), checkpoint step {step}")
   print(f"wrote {path} ({_NUM.value} pairs from checkpoint step {step})")
 
 

@@ -28,6 +28,7 @@ def main(argv):
   host_memory.keep_freed_memory()  # before JAX starts its CPU threads (host_memory.py)
   logging.set_verbosity(logging.ERROR)  # Orbax and tfds log every file operation at INFO.
   from unmix_jax import parallel, train  # After flag parsing: keeps --help fast.
+  from unmix_jax import workdir as workdir_lib
 
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
@@ -40,7 +41,7 @@ def main(argv):
   print(f"test (unseen images, {config.data.num_test_pairs} pairs): mse {t['mse']:.5f} "
         f"psnr {t['psnr']:.2f} dB | mixture baseline mse {t['baseline_mse']:.5f} "
         f"psnr {t['baseline_psnr']:.2f} dB | gain {t['psnr_gain']:+.2f} dB")
-  print(f"wall time {summary['wall_seconds']:.0f} s; files in {os.path.abspath(workdir)}: "
+  print(f"wall time {summary['wall_seconds']:.0f} s; files in {workdir_lib.path(workdir)}: "
         "metrics.jsonl, tb/, checkpoints/, reconstructions.png, loss_curves.png, summary.json")
 
 

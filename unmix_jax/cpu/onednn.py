@@ -110,7 +110,7 @@ def unavailable() -> str | None:
 
 def handles(x_shape, kernel_shape, strides, dtype, transposed: bool = False) -> bool:
   """Whether `conv` / `conv_transpose` runs this float32 layer: the faster choice in per-layer
-  timings (`experiments.benchmark --layers`). oneDNN wins on strided and transposed 3x3 convs
+  timings (`unmix benchmark --layers`). oneDNN wins on strided and transposed 3x3 convs
   and on every conv at 4x4 or larger, the RGB input's included (its unneeded input gradient is
   never computed, see `_bwd`); the matrix-product forms win where the layer is nearly one
   matmul: 2x2 inputs and the U-Net's 2x2 stride-2 up-sampling (kernel = stride)."""
