@@ -2,6 +2,7 @@
 one subprocess per kind of failure shows the command's one line and exit code."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -182,24 +183,67 @@ LAUNCHES = [
      "is not host:port"),
     ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAX_NUM_PROCESSES": "two",
       "JAX_PROCESS_ID": "0"}, "JAX_NUM_PROCESSES=two"),
+    ({"JOB_COMPLETION_INDEX": "1"}, "a Kubernetes indexed Job) but no JAX_COORDINATOR_ADDRESS"),
+    ({"SLURM_JOB_ID": "77", "SLURM_NTASKS": "2", "SLURM_PROCID": "0"},
+     "but not by srun"),  # python started by sbatch itself
+    ({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1", "PMIX_RANK": "1"},
+     "Open MPI 5 (PMIx)"),
 ]
 
 
 @pytest.mark.parametrize("env,needle", LAUNCHES)
-def test_a_half_set_launch_environment_names_the_variable(env, needle):
-  with pytest.raises(parallel.LaunchError, match=needle) as e:
+def test_half_a_launch_names_the_variable_and_the_fix(env, needle):
+  with pytest.raises(parallel.LaunchError, match=re.escape(needle)) as e:
     parallel.launch_settings(env)
   assert "\n" not in str(e.value)
 
 
-def test_the_launch_environment_says_one_process_or_several():
+def test_each_scheduler_starts_the_processes_of_one_run():
   assert parallel.launch_settings({}) is None
-  assert parallel.launch_settings({"SLURM_NTASKS": "1"}) is None
-  assert parallel.launch_settings({"SLURM_NTASKS": "4"}) == {}  # jax.distributed reads SLURM's
-  assert parallel.launch_settings({"OMPI_COMM_WORLD_SIZE": "2"}) == {}
-  assert parallel.launch_settings({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234",
-                                   "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"}) == dict(
-      coordinator_address="10.0.0.1:1234", num_processes=2, process_id=1)
+  assert parallel.launch_settings({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}) is None
+  assert parallel.launch_settings({"JAX_NUM_PROCESSES": "1", "JOB_COMPLETION_INDEX": "0"}) is None
+  assert parallel.launch_settings({"UNMIX_JOIN": "jax"}) == {}  # a TPU pod slice: JAX detects
+  explicit = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2",
+              "JAX_PROCESS_ID": "1"}
+  assert parallel.launch_settings(explicit) == dict(
+      coordinator_address="10.0.0.1:1234", num_processes=2, process_id=1, local_device_ids=None)
+  indexed_job = {"JAX_COORDINATOR_ADDRESS": "run-0.run:1234", "JAX_NUM_PROCESSES": "4",
+                 "JOB_COMPLETION_INDEX": "3"}
+  assert parallel.launch_settings(indexed_job)["process_id"] == 3
+  srun = {"SLURM_JOB_ID": "4097", "SLURM_NTASKS": "16", "SLURM_STEP_NUM_TASKS": "16",
+          "SLURM_STEP_NODELIST": "gpu[007-010],cpu1", "SLURM_PROCID": "5", "SLURM_LOCALID": "1",
+          "SLURM_STEP_TASKS_PER_NODE": "4(x4)", "SLURM_NODEID": "1",
+          "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}
+  assert parallel.launch_settings(srun) == dict(
+      coordinator_address="gpu007:61441", num_processes=16, process_id=5,
+      local_device_ids=[2, 3])  # 4 tasks share the node's 8 GPUs: two each
+  mpirun = {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1",
+            "OMPI_MCA_orte_hnp_uri": "1531576320.0;tcp://10.96.0.1,10.148.0.1:34911"}
+  assert parallel.launch_settings(mpirun)["coordinator_address"] == "10.96.0.1:62624"
+  mpi5 = {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1",
+          "JAX_COORDINATOR_ADDRESS": "node1:4321"}
+  assert parallel.launch_settings(mpi5) == dict(
+      coordinator_address="node1:4321", num_processes=2, process_id=1, local_device_ids=None)
+
+
+DEVICE_LAYOUTS = [
+    ({}, None),  # every device the process sees
+    ({"JAX_LOCAL_DEVICE_IDS": "4,5"}, [4, 5]),
+    # srun --ntasks-per-node=1 on an 8-GPU node: the task has the whole node.
+    ({"SLURM_LOCALID": "0", "SLURM_STEP_TASKS_PER_NODE": "1(x2)",
+      "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}, list(range(8))),
+    # srun --ntasks-per-node=8 --gpus-per-task=1: each task sees its own GPU, numbered 0.
+    ({"SLURM_LOCALID": "5", "SLURM_STEP_TASKS_PER_NODE": "8",
+      "CUDA_VISIBLE_DEVICES": "5"}, [0]),
+    # srun --ntasks-per-node=8 without --gpus-per-task: each task sees all 8 and takes one.
+    ({"SLURM_LOCALID": "5", "SLURM_STEP_TASKS_PER_NODE": "8",
+      "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}, [5]),
+]
+
+
+@pytest.mark.parametrize("env,ids", DEVICE_LAYOUTS)
+def test_every_gpu_of_a_node_is_used_whatever_the_task_layout(env, ids):
+  assert parallel.local_device_ids(env) == ids
 
 
 NO_COORDINATOR = """
@@ -218,3 +262,7 @@ def test_a_half_set_launch_or_a_silent_coordinator_is_one_line_exit_2(tmp_path):
   result = subprocess.run([sys.executable, "-c", NO_COORDINATOR], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert_one_line_error(result, "did not answer within 2 s")
+  result = run_unmix("train", "--config=unet:smoke", f"--workdir={tmp_path / 'run'}",
+                     env={"SLURM_JOB_ID": "77", "SLURM_NTASKS": "2", "SLURM_PROCID": "0",
+                          "SLURM_LOCALID": "0"})  # sbatch --ntasks=2, then python, not srun
+  assert_one_line_error(result, "not by srun")

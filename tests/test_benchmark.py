@@ -4,6 +4,7 @@ import pytest
 
 from tests.conftest import assert_one_line_error, run_module
 from unmix_jax import backend, benchmark
+from unmix_jax.cpu import layer_timings
 from unmix_jax.configs import ae, unet, vae
 
 CONFIGS = {"unet": unet, "ae": ae, "vae": vae}
@@ -38,9 +39,9 @@ def test_the_command_prints_one_json_line_and_refuses_bad_counts():
 
 def test_layer_timings_cover_every_conv_of_the_model():
   config = ae.get_config("smoke")
-  rows = benchmark.layer_timings(config, repeats=1)
+  rows = layer_timings.layer_timings(config, repeats=1)
   assert [(r["layer"], tuple(r["input"]), tuple(r["kernel"])) for r in rows] == [
-      (kind, x, k) for kind, x, k, _ in benchmark.conv_layers(config)]
+      (kind, x, k) for kind, x, k, _ in layer_timings.conv_layers(config)]
   for row in rows:
     assert row["xla_ms"] > 0 and row["cpu_ms"] > 0 and "torch_ms" not in row
     assert row["plan"] in {"xla", "im2col", "taps", "valid_taps", "phase-matmul"}
@@ -56,13 +57,13 @@ def test_the_pytorch_reference_has_our_shapes_and_times_beside_us():
   from unmix_jax.cpu import forms
 
   for name, module in CONFIGS.items():
-    for kind, x_shape, k_shape, strides in benchmark.conv_layers(module.get_config(), batch=2):
+    for kind, x_shape, k_shape, strides in layer_timings.conv_layers(module.get_config(), batch=2):
       x, kernel = jnp.zeros(x_shape), jnp.zeros(k_shape)
       y = (forms.conv_transpose2d(x, kernel, strides) if kind == "ConvTranspose"
            else forms.conv2d(x, kernel, strides, "xla"))
       b, h, w, c = y.shape
       assert torch_reference.layer_step(kind, x_shape, k_shape, strides)() == (b, c, h, w)
-  rows = benchmark.layer_timings(unet.get_config("smoke"), 1, torch_reference.layer_step)
+  rows = layer_timings.layer_timings(unet.get_config("smoke"), 1, torch_reference.layer_step)
   assert rows and all(r["torch_ms"] > 0 and r["jax_over_torch"] > 0 for r in rows)
   out = run_module("experiments.benchmark", "--config=configs/ae.py:smoke", "--steps=2",
                    "--repeats=2", "--warmup=1", "--compare=torch")

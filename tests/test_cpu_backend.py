@@ -14,7 +14,8 @@ import pytest
 from flax import nnx
 
 from tests.conftest import rel_err, value_and_grads
-from unmix_jax import backend, benchmark, checkpoint, cpu, models, steps
+from unmix_jax import backend, checkpoint, cpu, models, steps
+from unmix_jax.cpu import layer_timings
 from unmix_jax.configs import ae, unet, vae
 from unmix_jax.cpu import batchnorm, forms, onednn, pool, up_conv
 from unmix_jax.models import layers as layers_lib
@@ -70,7 +71,7 @@ def test_the_transposed_form_equals_lax_in_value_and_gradient(k, s, hw):
                                          ("ae", None), ("vae", None)])
 def test_every_layer_of_every_model_matches_lax_at_its_shape(name, preset):
   """Each conv the models run (batch 2), in the form the CPU layers pick for it."""
-  shapes = benchmark.conv_layers(CONFIGS[name].get_config(preset), batch=2)
+  shapes = layer_timings.conv_layers(CONFIGS[name].get_config(preset), batch=2)
   assert {kind for kind, *_ in shapes} == {"Conv", "ConvTranspose"}
   for i, (kind, x_shape, k_shape, strides) in enumerate(shapes):
     x = jax.random.normal(jax.random.PRNGKey(i), x_shape)

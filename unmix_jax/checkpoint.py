@@ -162,19 +162,24 @@ class Checkpoints:
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return out["state"], out["meta"]
 
+  def ranked(self, which: str = "latest") -> list[int]:
+    """The kept steps, the one to read first first: the best or the newest, then newest first."""
+    self._manager.reload()
+    best = self.best_step() if which == "best" else None
+    return sorted(self.steps(), key=lambda s: (s != best, -s))
+
   def restore(self, like, which: str = "latest", model: dict | None = None,
-              set_aside: bool = False):
+              set_aside: bool = False, ranked=None):
     """(step, state, meta) of the best or latest readable checkpoint, or None when there is
     none. A damaged checkpoint is passed over for the next best (or newest) with a warning, and
     where `set_aside` (the training run) moved to `checkpoints_unreadable/` so the step can be
     written again; a step that the training run deletes under a reader is passed over and the
     choice made again. `model`: the config.model the caller will train; a checkpoint of another
-    model is an error, not a damaged file. CheckpointError when none can be read."""
+    model is an error, not a damaged file. `ranked`: the steps in the order to try (process 0's,
+    `ranked()`, with several processes). CheckpointError when none can be read."""
     with _without_orbax_noise():
       for _ in range(5):  # each retry follows a save that deleted a step being read
-        self._manager.reload()
-        best = self.best_step() if which == "best" else None
-        ranked = sorted(self.steps(), key=lambda s: (s != best, -s))
+        ranked = self.ranked(which) if ranked is None else ranked
         failures = []
         for step in ranked:
           try:
@@ -184,6 +189,7 @@ class Checkpoints:
             raise
           except Exception as e:  # noqa: BLE001 - Orbax raises many types for damaged files
             if not (self.directory / str(step)).exists():
+              ranked = None
               break  # deleted by the training run meanwhile: choose again
             failures.append((step, _describe(e)))
             continue

@@ -210,6 +210,8 @@ def one_line_errors():
     fail(str(e), STORAGE)
   except parallel.ProcessLost as e:
     fail(str(e), LOST_PROCESS)
+  except parallel.RemoteError as e:  # process 0's one line, on every other process
+    fail(str(e), STORAGE if e.kind == "StorageError" else BAD_INPUT)
   except OSError as e:
     reason = workdir.storage_reason(e)
     if reason is None:

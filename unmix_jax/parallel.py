@@ -6,19 +6,23 @@ the same on 1 or N devices: XLA's partitioner follows the input shardings and in
 all-reduces of the loss mean, the gradients and BatchNorm's batch statistics, so a global batch
 gives the same numbers as on one device (up to summation order).
 
-Several processes (one per host, or several on one machine): every process runs the same
-program on the same global arrays, built from its own host copy (`replicate`, `shard_batch`:
-every process holds the whole index batch and hands over the rows of its own devices). Files
-are written by process 0; what one process finds (a held lock, a stop request, an error) is
-shared so that every process takes the same branch (`main_decides`, `max_over_processes`).
-`initialize()` joins the processes from the environment (see `launch_settings`).
+Several processes (one per host, or per GPU): every process runs the same program on the same
+global arrays, built from its own host copy (`replicate`, `shard_batch`). Files are written by
+process 0. `initialize()` joins the processes as the scheduler started them (`launch_settings`:
+JAX_* variables, SLURM, Open MPI, a Kubernetes indexed Job, or JAX's own detection where
+UNMIX_JOIN=jax, for TPU pod slices). What they must agree on goes through the key-value store
+of the coordination service that jax.distributed runs, on the hosts: the config they were
+started with (`check_same_run`), when to stop (`StopAgreement`), an error one process found
+(`main_decides`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -37,8 +41,7 @@ JOIN_TIMEOUT_S = 300
 HEARTBEAT_TIMEOUT_S = 30
 # What the runtime's errors say when another process of the run is gone.
 _LOST_PROCESS = ("gloo", "connection reset by peer", "connection closed by peer", "heartbeat",
-                 "coordination service", "barrier")
-_MESSAGE_BYTES = 2048  # the longest error message one process passes to the others
+                 "coordination service", "barrier", "deadline_exceeded")
 
 
 class LaunchError(RuntimeError):
@@ -50,11 +53,20 @@ class ProcessLost(RuntimeError):
   """Another process of a multi-process run stopped (`lost_process(error)`); the message names
   the last complete checkpoint and how to resume."""
 
-  def __init__(self, error: BaseException, saved_step: int | None, directory: str):
+  def __init__(self, error: BaseException, saved_step: int | None, directory):
     where = (f"the last complete checkpoint is step {saved_step} in {directory}"
              if saved_step is not None else "no checkpoint was completed yet")
     super().__init__(f"another process of this run stopped ({first_line(error)}); {where}; "
                      "start every process again with the same command to resume.")
+
+
+class RemoteError(RuntimeError):
+  """What another process of the run failed with (`main_decides`): its one line; `kind` is the
+  name of its type, which decides the exit code."""
+
+  def __init__(self, kind: str, message: str):
+    super().__init__(message)
+    self.kind = kind
 
 
 def lost_process(e: BaseException) -> bool:
@@ -62,35 +74,124 @@ def lost_process(e: BaseException) -> bool:
   return jax.process_count() > 1 and any(s in str(e).lower() for s in _LOST_PROCESS)
 
 
+def first_line(e: BaseException) -> str:
+  """The first line of an error's message (the runtime's can run to pages)."""
+  return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def _whole(env, name: str, low: int = 0) -> int:
+  value = env[name]
+  if not value.isdigit() or int(value) < low:
+    raise LaunchError(f"{name}={value} must be a whole number >= {low}.")
+  return int(value)
+
+
+def _first_host(nodelist: str) -> str:
+  """The first host of a SLURM node list: 'node[001-004,010],gpu7' -> 'node001'."""
+  match = re.match(r"([^,\[]+)(?:\[([^,\-\]]+))?", nodelist)
+  return match[1] + (match[2] or "")
+
+
 def launch_settings(env=os.environ) -> dict | None:
-  """{"coordinator_address", "num_processes", "process_id"} from JAX_COORDINATOR_ADDRESS,
-  JAX_NUM_PROCESSES and JAX_PROCESS_ID; {} where a SLURM or Open MPI job of several tasks
-  describes the launch (jax.distributed reads it); None for a single process. Raises
-  LaunchError for a half-set or inconsistent environment."""
-  names = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
-  given = {name: env[name] for name in names if env.get(name, "") != ""}
-  if not given:
-    tasks = env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or env.get(
-        "OMPI_COMM_WORLD_SIZE") or "1"
-    return {} if tasks.isdigit() and int(tasks) > 1 else None
-  missing = [name for name in names if name not in given]
-  if missing:
+  """How this process joins its run, for `jax.distributed.initialize`: {"coordinator_address",
+  "num_processes", "process_id", "local_device_ids"}; {} where JAX detects the cluster itself
+  (UNMIX_JOIN=jax: TPU pod slices); None for a single process. From, in order: JAX_* variables
+  (the process id may come from a Kubernetes indexed Job's JOB_COMPLETION_INDEX or Open MPI's
+  rank); a SLURM step (srun); Open MPI 4 (mpirun). LaunchError, naming the fix, for half a
+  launch: a task count without a coordinator, sbatch without srun, Open MPI 5."""
+  if env.get("UNMIX_JOIN") == "jax":
+    return {}
+  address, count = env.get("JAX_COORDINATOR_ADDRESS"), env.get("JAX_NUM_PROCESSES")
+  index = env.get("JAX_PROCESS_ID") or env.get("JOB_COMPLETION_INDEX") or env.get(
+      "OMPI_COMM_WORLD_RANK")
+  if address or count or env.get("JAX_PROCESS_ID"):
+    count = count or env.get("OMPI_COMM_WORLD_SIZE")
+    missing = [name for name, value in (("JAX_COORDINATOR_ADDRESS", address),
+                                        ("JAX_NUM_PROCESSES", count),
+                                        ("JAX_PROCESS_ID", index)) if not value]
+    if count == "1" and not address:
+      return None
+    if missing:
+      given = ", ".join(f"{n}={env[n]}" for n in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
+                                                  "JAX_PROCESS_ID") if env.get(n))
+      raise LaunchError(
+          f"{given} is set but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+          "not; set all three for every process (the process id may come from "
+          "JOB_COMPLETION_INDEX), or none for a single process (docs/parallel.md).")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+      raise LaunchError(f"JAX_COORDINATOR_ADDRESS={address} is not host:port (e.g. "
+                        "127.0.0.1:12355, the address of process 0 and a free port).")
+    values = dict(env, JAX_NUM_PROCESSES=count, JAX_PROCESS_ID=index)
+    num, pid = _whole(values, "JAX_NUM_PROCESSES", 1), _whole(values, "JAX_PROCESS_ID")
+    if pid >= num:
+      raise LaunchError(f"JAX_PROCESS_ID={pid} must be a whole number from 0 to {num - 1} "
+                        f"(JAX_NUM_PROCESSES={num}).")
+    return dict(coordinator_address=address, num_processes=num, process_id=pid,
+                local_device_ids=local_device_ids(env))
+  if env.get("JOB_COMPLETION_INDEX"):
     raise LaunchError(
-        f"{', '.join(f'{n}={given[n]}' for n in given)} is set but {', '.join(missing)} "
-        f"{'is' if len(missing) == 1 else 'are'} not; set all three for every process "
-        "(README: several processes), or none for a single process.")
-  address = given["JAX_COORDINATOR_ADDRESS"]
-  host, _, port = address.rpartition(":")
-  if not host or not port.isdigit():
-    raise LaunchError(f"JAX_COORDINATOR_ADDRESS={address} is not host:port (e.g. "
-                      "127.0.0.1:12355, the address of process 0 and a free port).")
-  count, index = given["JAX_NUM_PROCESSES"], given["JAX_PROCESS_ID"]
-  if not count.isdigit() or int(count) < 1:
-    raise LaunchError(f"JAX_NUM_PROCESSES={count} must be a whole number >= 1.")
-  if not index.isdigit() or int(index) >= int(count):
-    raise LaunchError(f"JAX_PROCESS_ID={index} must be a whole number from 0 to "
-                      f"{int(count) - 1} (JAX_NUM_PROCESSES={count}).")
-  return dict(coordinator_address=address, num_processes=int(count), process_id=int(index))
+        f"JOB_COMPLETION_INDEX={env['JOB_COMPLETION_INDEX']} (a Kubernetes indexed Job) but no "
+        "JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES: give every pod both (pod 0's headless "
+        "Service name and a port; the Job's completions), as docs/parallel.md's JobSet does.")
+  if env.get("SLURM_JOB_ID") and int(env.get("SLURM_NTASKS", "1") or 1) > 1:
+    if not env.get("SLURM_STEP_NUM_TASKS"):
+      raise LaunchError(
+          f"started inside a SLURM job of SLURM_NTASKS={env['SLURM_NTASKS']} tasks but not by "
+          "srun: this one process cannot train as that many; start it with `srun unmix train "
+          "...` (docs/parallel.md), or ask for --ntasks=1.")
+    tasks = _whole(env, "SLURM_STEP_NUM_TASKS", 1)
+    if tasks == 1:
+      return None
+    port = env.get("JAX_COORDINATOR_PORT") or str(
+        int(env["SLURM_JOB_ID"]) % 2 ** 12 + 65535 - 2 ** 12 + 1)  # as JAX's own SLURM support
+    return dict(coordinator_address=f"{_first_host(env['SLURM_STEP_NODELIST'])}:{port}",
+                num_processes=tasks, process_id=_whole(env, "SLURM_PROCID"),
+                local_device_ids=local_device_ids(env))
+  if int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
+    uri = env.get("OMPI_MCA_orte_hnp_uri")
+    if not uri:
+      raise LaunchError(
+          "Open MPI 5 (PMIx) started this process, which JAX does not detect: give every rank "
+          "JAX_COORDINATOR_ADDRESS=<host of rank 0>:<free port> (mpirun -x "
+          "JAX_COORDINATOR_ADDRESS=...); the rank and size come from Open MPI.")
+    launcher = re.search(r"tcp6?://\[?([^,\]:]+)", uri)[1]
+    port = env.get("JAX_COORDINATOR_PORT") or str(
+        int(uri.split(".")[0]) // 2 ** 12 % 2 ** 12 + 65535 - 2 ** 12 + 1)  # as JAX's own
+    return dict(coordinator_address=f"{launcher}:{port}",
+                num_processes=_whole(env, "OMPI_COMM_WORLD_SIZE", 1),
+                process_id=_whole(env, "OMPI_COMM_WORLD_RANK"),
+                local_device_ids=local_device_ids(env))
+  return None
+
+
+def _tasks_on_this_node(env) -> int:
+  """How many tasks of a SLURM step share this node ("2(x3),1" per node, SLURM_NODEID's)."""
+  counts = []
+  for part in env.get("SLURM_STEP_TASKS_PER_NODE", "1").split(","):
+    match = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+    if match:
+      counts += [int(match[1])] * int(match[2] or 1)
+  node = int(env.get("SLURM_NODEID", "0") or 0)
+  return counts[node] if node < len(counts) else 1
+
+
+def local_device_ids(env=os.environ) -> list[int] | None:
+  """The GPUs this process drives, as JAX numbers them (None: every one it sees): an explicit
+  JAX_LOCAL_DEVICE_IDS; else every visible one (CUDA_VISIBLE_DEVICES, which SLURM sets to a
+  task's GPUs and CUDA numbers from 0), or its share of them where several SLURM tasks of a
+  step share a node and each sees them all. JAX's own SLURM and Open MPI detection would use
+  the local task id alone: GPU 0 only for a task that has a whole 8-GPU node."""
+  if env.get("JAX_LOCAL_DEVICE_IDS"):
+    return [int(x) for x in env["JAX_LOCAL_DEVICE_IDS"].split(",")]
+  visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+  if not visible:
+    return None
+  tasks, local = _tasks_on_this_node(env), int(env.get("SLURM_LOCALID", "0") or 0)
+  if tasks > 1 and len(visible) >= tasks:
+    share = len(visible) // tasks
+    return list(range(local * share, (local + 1) * share))
+  return list(range(len(visible)))
 
 
 def initialize(env=os.environ) -> None:
@@ -109,12 +210,15 @@ def initialize(env=os.environ) -> None:
     # never answers: wait for the coordinator's port here first.
     _wait_for(settings["coordinator_address"], deadline)
   try:
+    # The settings are complete: JAX's own detection (which would narrow each task to one GPU)
+    # stays out of it; with UNMIX_JOIN=jax it is all there is.
     jax.distributed.initialize(**settings, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
-                               initialization_timeout=max(1, int(deadline - time.time())))
+                               initialization_timeout=max(1, int(deadline - time.time())),
+                               cluster_detection_method="deactivate" if settings else None)
   except Exception as e:  # noqa: BLE001 - the runtime reports failures as XlaRuntimeError
     raise LaunchError(f"the processes did not all join ({first_line(e)}); start every process "
-                      "with the same JAX_COORDINATOR_ADDRESS and JAX_NUM_PROCESSES, each with "
-                      "its own JAX_PROCESS_ID.") from None
+                      "with the same coordinator and process count, each with its own process "
+                      "id (docs/parallel.md).") from None
 
 
 def _wait_for(address: str, deadline: float) -> None:
@@ -126,15 +230,10 @@ def _wait_for(address: str, deadline: float) -> None:
     except OSError as e:
       if time.time() > deadline:
         raise LaunchError(
-            f"the coordinator at JAX_COORDINATOR_ADDRESS={address} did not answer within "
-            f"{JOIN_TIMEOUT_S} s ({e.strerror or e}); start process 0 (JAX_PROCESS_ID=0) on "
-            "that host and port, or correct the address.") from None
+            f"the coordinator at {address} did not answer within {JOIN_TIMEOUT_S} s "
+            f"({e.strerror or e}); start process 0 on that host and port, or correct the "
+            "address.") from None
       time.sleep(0.5)
-
-
-def first_line(e: BaseException) -> str:
-  """The first line of an error's message (the runtime's can run to pages)."""
-  return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def local_launch(processes: int, env=os.environ) -> list[dict]:
@@ -202,55 +301,149 @@ def to_host(tree):
   return jax.tree.map(fetch, tree)
 
 
-def max_over_processes(value: int) -> int:
-  """The largest of every process's `value`, on every process; each process must call it at
-  the same point (it is a collective where there are several)."""
+def _store():
+  """The key-value store of jax.distributed's coordination service (process 0 hosts it): host
+  to host, no device computation. JAX has no public handle on it (Orbax reaches it the same
+  way); every use is in this module."""
+  from jax._src import distributed
+
+  return distributed.global_state.client
+
+
+def _gather_texts(key: str, text: str) -> list[str]:
+  """Every process's `text`, in process order, through the store (each calls it once with the
+  same `key`, a name used once in a run)."""
+  store, timeout = _store(), JOIN_TIMEOUT_S * 1000
+  store.key_value_set(f"unmix/{key}/{jax.process_index()}", text)
+  return [store.blocking_key_value_get(f"unmix/{key}/{i}", timeout)
+          for i in range(jax.process_count())]
+
+
+def _first_difference(ours, theirs, prefix: str = "") -> str | None:
+  if isinstance(ours, dict) and isinstance(theirs, dict):
+    for key in sorted(set(ours) | set(theirs)):
+      found = _first_difference(ours.get(key), theirs.get(key), f"{prefix}{key}.")
+      if found:
+        return found
+    return None
+  return None if ours == theirs else f"{prefix[:-1]} is {theirs!r} on process 0 and {ours!r}"
+
+
+def check_same_run(config, workdir) -> None:
+  """Every process was started with the same config and workdir, else each raises a
+  config_checks.ConfigError naming the first field that differs."""
   if jax.process_count() == 1:
-    return int(value)
-  return int(np.max(multihost_utils.process_allgather(np.asarray(value, np.int32))))
+    return
+  from unmix_jax.config_checks import ConfigError
+
+  ours = {"config": json.loads(config.to_json()), "workdir": str(workdir)}
+  texts = _gather_texts("started_with", json.dumps(ours, sort_keys=True))
+  for index, text in enumerate(texts):
+    found = _first_difference(json.loads(text), json.loads(texts[0]))
+    if found:
+      raise ConfigError(f"the processes were started with different settings: {found} on "
+                        f"process {index}; start every process with the same command.")
 
 
-def main_decides(fn, errors: tuple[type[Exception], ...]):
-  """Runs `fn()` on process 0 only and returns its result there (None elsewhere). Where it
-  raises one of `errors` (types made from their message alone), every process raises that
-  error with process 0's message, so that no process waits for one that has stopped."""
+def check_shared(workdir) -> None:
+  """Every process sees what process 0 writes in `workdir` (a token), else every process raises
+  config_checks.ConfigError: a workdir on each host's own disk would leave every host a part
+  of each checkpoint and none a whole one."""
+  if jax.process_count() == 1:
+    return
+  from unmix_jax import workdir as workdir_lib
+  from unmix_jax.config_checks import ConfigError
+
+  token_file = workdir_lib.path(workdir) / ".shared_by_the_processes"
+
+  def write_token() -> str:
+    token = f"{socket.gethostname()} {os.getpid()} {time.time_ns()}"
+    workdir_lib.write_bytes(token_file, token.encode())
+    return token
+
+  token = main_decides("shared_token", write_token, share=True)
+  seen = token_file.read_text() if token_file.exists() else ""
+  blind = [i for i, text in enumerate(_gather_texts("saw_token", str(seen == token)))
+           if text != "True"]
+  if blind:
+    raise ConfigError(
+        f"--workdir={workdir} is not shared by the processes: process(es) "
+        f"{', '.join(map(str, blind))} do not see what process 0 wrote there, as where each "
+        "host has a disk of its own; use a folder every host reaches (a shared filesystem) or a "
+        "bucket (gs://...) (docs/parallel.md).")
+
+
+class StopAgreement:
+  """`agree(signum) -> signum` for `preemption.StopRequests` with several processes: every
+  process calls it at the same points (after each train call, between evaluation batches, at
+  an epoch's end) and gets the signal number back at the same one. A process that caught a
+  signal posts it to the store; each process, at its first check that finds one posted,
+  proposes to stop MARGIN checks later and goes on; at its proposal it waits for every
+  proposal and all stop at the largest. No process waits before its proposal, when another may
+  still need its next call: each call's collectives keep the processes within two checks of
+  each other, so by then every proposal is in. Until a stop each check reads the store once,
+  host to host: the device is never asked, and the host stays one call ahead as with one."""
+
+  MARGIN = 3
+
+  def __init__(self):
+    self.checks, self.posted = 0, False
+    self.proposal = self.stop_at = self.signum = None
+
+  def __call__(self, signum: int | None) -> int:
+    if jax.process_count() == 1:
+      return int(signum or 0)
+    self.checks += 1
+    store = _store()
+    if signum and not self.posted:
+      store.key_value_set(f"unmix/signal/{jax.process_index()}", str(signum))
+      self.posted = True
+    if self.proposal is None and store.key_value_dir_get("unmix/signal/"):
+      self.proposal = self.checks + self.MARGIN
+      store.key_value_set(f"unmix/stop_at/{jax.process_index()}", str(self.proposal))
+    elif self.proposal is not None and self.stop_at is None and self.checks >= self.proposal:
+      self.stop_at = max(int(store.blocking_key_value_get(f"unmix/stop_at/{i}",
+                                                          JOIN_TIMEOUT_S * 1000))
+                         for i in range(jax.process_count()))
+      self.signum = max(int(value) for _, value in store.key_value_dir_get("unmix/signal/"))
+    return self.signum if self.stop_at is not None and self.checks >= self.stop_at else 0
+
+
+def main_decides(name: str, fn, share: bool = False):
+  """Runs `fn()` on process 0 only and returns its result there (elsewhere None, or with
+  `share` the same result, which must be JSON). Whatever it raises there, every other process
+  raises RemoteError with its type's name and its message (its one line), so that no process
+  waits for one that has stopped. `name`: what is decided, once in a run."""
   if jax.process_count() == 1:
     return fn()
   result, error = None, None
   if is_main_process():
     try:
       result = fn()
-    except errors as e:
+    except Exception as e:  # noqa: BLE001 - every error reaches the other processes
       error = e
-  text = _broadcast_text(f"{type(error).__name__}\n{error}" if error is not None else "")
+  said = "!" + json.dumps([type(error).__name__, str(error)]) if error is not None else (
+      json.dumps(result) if share else "null")
+  text = _gather_texts(name, said)[0]
   if error is not None:
     raise error
-  if text:
-    name, _, message = text.partition("\n")
-    raise next(e for e in errors if e.__name__ == name)(message)
-  return result
+  if text.startswith("!"):
+    raise RemoteError(*json.loads(text[1:]))
+  return result if is_main_process() else json.loads(text)
 
 
-def main_first(fn, errors: tuple[type[Exception], ...]):
+def main_first(name: str, fn):
   """`fn()` on process 0, then (once it succeeded) on every other process: for work that
   must not run everywhere at once, such as preparing a dataset in a shared directory."""
-  result = main_decides(fn, errors)
+  result = main_decides(name, fn)
   return result if is_main_process() else fn()
 
 
-def _broadcast_text(text: str) -> str:
-  data = np.zeros(_MESSAGE_BYTES, np.uint8)
-  raw = text.encode()[:_MESSAGE_BYTES]
-  data[:len(raw)] = np.frombuffer(raw, np.uint8)
-  out = np.asarray(multihost_utils.broadcast_one_to_all(data))
-  return bytes(out[out != 0].tobytes()).decode(errors="replace")
-
-
 @contextlib.contextmanager
-def held_by_main(context, errors: tuple[type[Exception], ...]):
+def held_by_main(context):
   """Enters the context manager `context` on process 0 only (the workdir lock); an error it
   raises there is raised on every process (`main_decides`)."""
-  main_decides(context.__enter__, errors)
+  main_decides("lock", context.__enter__)
   try:
     yield
   finally:

@@ -46,8 +46,8 @@ class StopRequests:
 
   The loop keeps `saved_step` (the newest complete checkpoint, or None) and `unsaved` (whether
   finished steps wait for a checkpoint) current, so the watcher knows when it may exit at once.
-  `agree(signum) -> int`: the largest signal number any process caught (0: none), the same on
-  every process (`parallel.max_over_processes`); the identity in a single process.
+  `agree(signum) -> int`: a signal number any process caught (0: none), at the same call on
+  every process (`parallel.StopAgreement`); the identity in a single process.
   `idle_exit`: whether a first signal with nothing unsaved exits after GRACE_S. Not with
   several processes: one that waits for the others at the agreement must not leave them.
   `at_exit`: cleanups (releasing the workdir lock) run before an immediate exit.

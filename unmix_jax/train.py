@@ -33,19 +33,21 @@ def train_and_evaluate(config, workdir, *, show_progress: bool = True) -> dict[s
   workdir = workdir_lib.path(workdir)
   config_checks.check_workdir(workdir, config)
   lock = workdir_lib.Lock(workdir)
-  with (preemption.StopRequests(agree=parallel.max_over_processes,
+  parallel.check_same_run(config, workdir)
+  parallel.check_shared(workdir)
+  with (preemption.StopRequests(agree=parallel.StopAgreement(),
                                 idle_exit=jax.process_count() == 1) as stop,
-        parallel.held_by_main(lock, (workdir_lib.LockedError,)),
+        parallel.held_by_main(lock),
         checkpoint.Checkpoints(workdir, keep=config.train.keep_checkpoints) as ckpts):
     stop.at_exit.append(lock.release)
     stop.directory = ckpts.directory
     try:
       return _train(config, workdir, ckpts, stop, show_progress and parallel.is_main_process())
-    except workdir_lib.StorageError as e:
-      raise e.resumable(ckpts.latest_step(), ckpts.directory) from None
     except Exception as e:
       if parallel.lost_process(e):
         raise parallel.ProcessLost(e, stop.saved_step, ckpts.directory) from None
+      if isinstance(e, workdir_lib.StorageError):
+        raise e.resumable(ckpts.latest_step(), ckpts.directory) from None
       raise
 
 
@@ -62,7 +64,7 @@ def _train(config, workdir, ckpts, stop, show_progress: bool) -> dict[str, Any]:
     workdir_lib.write_json(workdir / "config.json", json.loads(config.to_json()))
   _say(_layout(config, mesh))
   # Process 0 first: where tfds must download and prepare CIFAR-10, it does so alone.
-  pair_data = parallel.main_first(lambda: data.load(config), (data.DataError,))
+  pair_data = parallel.main_first("data", lambda: data.load(config))
   images = put(pair_data.train_images)
   splits = {split: (images if split == "val" else put(split_images), pairs)
             for split, (split_images, pairs) in pair_data.eval_splits().items()}
@@ -146,8 +148,9 @@ def _resume(ckpts, state, config, stop):
   """(state, its step, the first epoch to run, the metric window a stopped run saved) from the
   latest readable checkpoint, restored straight into the replicated layout of `state`; the
   first epoch is the last finished one where a stop during its evaluation saved it unscored."""
+  ranked = parallel.main_decides("resume", ckpts.ranked, share=True)  # the same for all
   found = ckpts.restore(state, "latest", model=json.loads(config.model.to_json()),
-                        set_aside=True)
+                        set_aside=True, ranked=ranked)
   if found is None:
     return state, 0, 0, None
   step, state, meta = found

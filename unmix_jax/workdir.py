@@ -51,8 +51,7 @@ _TEXTS = {"No space left on device": "no space left on device",
           "bucket does not exist": "the bucket does not exist",
           "NoSuchBucket": "the bucket does not exist",
           "403": "permission denied", "PERMISSION_DENIED": "permission denied",
-          "Cannot connect to host": "storage unreachable", "Connection refused": "storage unreachable",
-          "UNAVAILABLE": "storage unreachable"}
+          "Cannot connect to host": "storage unreachable"}
 
 
 def is_url(location) -> bool:

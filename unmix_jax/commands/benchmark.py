@@ -51,7 +51,9 @@ def main(argv):
     try:
       if _LAYERS.value:
         torch_layer = worker.layer if worker else None
-        for row in benchmark.layer_timings(config, _REPEATS.value, torch_layer):
+        from unmix_jax.cpu import layer_timings
+
+        for row in layer_timings.layer_timings(config, _REPEATS.value, torch_layer):
           print(json.dumps(row), flush=True)
         return
       other = worker.step(config) if worker else None
