@@ -6,7 +6,6 @@ started as subprocesses only where the process itself is under test (exit codes,
 stderr).
 """
 
-import json
 import os
 import shutil
 import subprocess
@@ -18,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unmix_jax import configs, steps, train
+from unmix_jax import configs, logs, steps, train
+from unmix_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(ROOT, "..", "shared", "data", "tensorflow_datasets")
@@ -92,8 +92,8 @@ def assert_one_line_error(result, needle: str, code: int = 2) -> str:
 
 
 def records(workdir) -> list[dict]:
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
+  """metrics.jsonl of a run on a disk or in a bucket."""
+  return logs.read_metrics(workdir)
 
 
 def comparable(workdir) -> list[dict]:
@@ -130,12 +130,12 @@ def read_tensorboard(directory) -> list:
 
 
 def summary(workdir) -> dict:
-  with open(os.path.join(workdir, "summary.json")) as f:
-    return json.load(f)
+  return logs.read_summary(workdir)
 
 
 def checkpoint_steps(workdir) -> list[int]:
-  return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  return sorted(int(d.name) for d in (workdir_lib.path(workdir) / "checkpoints").iterdir()
+                if d.name.isdigit())
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,12 @@
 """A Google Cloud Storage emulator on 127.0.0.1 for the tests: `python -m tests.gcs_emulator PORT
 BUCKET` serves an in-memory store holding the bucket until it is stopped.
 
-gcp-storage-emulator ignores the generation preconditions (`ifGenerationMatch`) that the
-workdir lock relies on, as Cloud Storage honours them; uploads here honour them too: 0 creates
-only where the object is absent, N replaces only generation N, else 412. Reached as Google's
-clients reach an emulator, through STORAGE_EMULATOR_HOST alone.
+gcp-storage-emulator lacks two things Cloud Storage does and the project relies on, added here:
+generation preconditions on uploads and deletes (`ifGenerationMatch`: 0 creates only where the
+object is absent, N acts only on generation N, else 412), which the workdir lock and
+TensorStore's writes use, and the object's generation in a download's `x-goog-generation`
+header, which TensorStore reads. Clients reach it as Google's reach an emulator, through
+STORAGE_EMULATOR_HOST alone.
 """
 
 import sys
@@ -16,49 +18,59 @@ from gcp_storage_emulator.exceptions import NotFound
 from gcp_storage_emulator.handlers import objects
 
 
-def _with_preconditions(upload):
+def _generation(storage, bucket: str, name: str | None) -> str:
+  try:
+    return str(storage.get_file_obj(bucket, name)["generation"])
+  except NotFound:
+    return "0"
+
+
+def _upload_name(request) -> str | None:
+  if "name" in request.query:
+    return request.query["name"][0]
+  data = request.data if isinstance(request.data, dict) else {}
+  return (data.get("meta") or data).get("name") if data else None
+
+
+def _preconditioned(handler, name_of):
   def checked(request, response, storage, *args, **kwargs):
     wanted = request.query.get("ifGenerationMatch")
-    name = request.query.get("name", [None])[0]
-    if wanted and name:
-      try:
-        current = storage.get_file_obj(request.params["bucket_name"], name)["generation"]
-      except NotFound:
-        current = "0"
-      if str(current) != wanted[0]:
-        response.status = HTTPStatus.PRECONDITION_FAILED
-        response.json({"error": {"code": 412, "message": "Precondition Failed"}})
-        return None
-    return upload(request, response, storage, *args, **kwargs)
+    if wanted and _generation(storage, request.params["bucket_name"],
+                              name_of(request)) != wanted[0]:
+      response.status = HTTPStatus.PRECONDITION_FAILED
+      response.json({"error": {"code": 412, "message": "Precondition Failed"}})
+      return None
+    return handler(request, response, storage, *args, **kwargs)
 
   return checked
 
 
-def _with_delete_preconditions(delete):
-  def checked(request, response, storage, *args, **kwargs):
-    wanted = request.query.get("ifGenerationMatch")
-    if wanted:
-      try:
-        current = storage.get_file_obj(request.params["bucket_name"],
-                                       request.params["object_id"])["generation"]
-      except NotFound:
-        current = "0"
-      if str(current) != wanted[0]:
-        response.status = HTTPStatus.PRECONDITION_FAILED
-        return None
-    return delete(request, response, storage, *args, **kwargs)
+def _with_generation(download):
+  def headed(request, response, storage, *args, **kwargs):
+    try:
+      obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+      response["x-goog-generation"] = str(obj["generation"])
+      response["x-goog-metageneration"] = str(obj.get("metageneration", "1"))
+    except NotFound:
+      pass
+    return download(request, response, storage, *args, **kwargs)
 
-  return checked
+  return headed
 
 
 def main(port: int, bucket: str) -> None:
-  insert, delete = _with_preconditions(objects.insert), _with_delete_preconditions(objects.delete)
-  server.HANDLERS = tuple(
-      (regex, {method: insert if handler is objects.insert else
-               delete if handler is objects.delete else handler
-               for method, handler in handlers.items()})
-      for regex, handlers in server.HANDLERS)
-  objects.insert = insert  # the router also calls it by name for uploads without a body
+  replaced = {
+      objects.insert: _preconditioned(objects.insert, _upload_name),
+      objects.delete: _preconditioned(objects.delete,
+                                      lambda request: request.params.get("object_id")),
+      objects.download: _with_generation(objects.download),
+  }
+  server.HANDLERS = tuple((regex, {method: replaced.get(handler, handler)
+                                   for method, handler in handlers.items()})
+                          for regex, handlers in server.HANDLERS)
+  for name, original in (("insert", objects.insert), ("delete", objects.delete),
+                         ("download", objects.download)):
+    setattr(objects, name, replaced[original])  # handlers also call each other by name
   emulator = server.create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)
   emulator.start()
   print("ready", flush=True)

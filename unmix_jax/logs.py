@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 import time
 
 from unmix_jax import workdir as workdir_lib
@@ -81,9 +83,14 @@ class MetricWriter:
     if tensorboard:
       from tensorboardX import SummaryWriter  # only runs that log pay the import
 
-      tb_dir = self.path.parent / "tb"
-      with workdir_lib.writes(tb_dir):
-        self._tb = SummaryWriter(str(tb_dir), purge_step=resume_step + 1, max_queue=1000,
+      self._tb_dir = self.path.parent / "tb"
+      # For a bucket, events are written on the local disk and copied whole after each
+      # record: tensorboardX's own bucket writer uploads every file again when it is
+      # garbage-collected, and waits minutes for storage that has gone.
+      self._tb_local = (tempfile.mkdtemp(prefix="unmix-tb-") if workdir_lib.is_url(self.path)
+                        else str(self._tb_dir))
+      with workdir_lib.writes(self._tb_dir):
+        self._tb = SummaryWriter(self._tb_local, purge_step=resume_step + 1, max_queue=1000,
                                  flush_secs=10)
 
   def write(self, step: int, split: str, metrics: dict, epoch: float | None = None) -> dict:
@@ -102,7 +109,17 @@ class MetricWriter:
     if self._tb is not None:
       for k, v in metrics.items():
         self._tb.add_scalar(f"{split}/{k}", float(v), int(step))
+      self._copy_events()
     return record
+
+  def _copy_events(self) -> None:
+    """The local event files into the bucket (nothing to do on a disk)."""
+    if self._tb_local == str(self._tb_dir):
+      return
+    self._tb.flush()
+    for name in os.listdir(self._tb_local):
+      with open(os.path.join(self._tb_local, name), "rb") as f:
+        workdir_lib.write_bytes(self._tb_dir / name, f.read())
 
   def close(self) -> None:
     if not self.enabled:
@@ -112,5 +129,6 @@ class MetricWriter:
         self._file.close()
       if self._tb is not None:
         self._tb.close()
+        self._copy_events()
     except OSError:
       pass  # closing after a failed write: the error that matters was raised already

@@ -94,10 +94,11 @@ def export(workdir, out_dir, scores: dict) -> dict:
   with checkpoint.Checkpoints(out, keep=1) as ckpts:
     meta = dict(step=step, model=json.loads(config.model.to_json()), trained_by=trained_by)
     ckpts.save(step, steps.weights_only(state), meta, select_loss=None)
-  # The files name no path of the machine that exported them (Orbax's commit markers do, and
-  # only matter on object stores).
-  for marker in [*out.glob("checkpoints/*/commit_success.txt"),
-                 *out.glob("checkpoints/*/*/commit_success.txt")]:
+  # On a disk the files name no path of the machine that exported them: Orbax's commit
+  # markers do, and mark complete steps only in a bucket.
+  for marker in [] if workdir_lib.is_url(out) else [
+      *out.glob("checkpoints/*/commit_success.txt"),
+      *out.glob("checkpoints/*/*/commit_success.txt")]:
     marker.unlink()
   workdir_lib.write_json(out / "eval.json", dict(scores, workdir=out.name))
   info = dict(model=config.model.name, preset=config.preset, step=step, trained_by=trained_by,

@@ -63,9 +63,15 @@ def path(location) -> epath.Path:
   the one layer; for a bucket, the storage libraries are told where an emulator is."""
   if not is_url(location):
     return epath.Path(os.path.abspath(location))
+  import fsspec
+
+  # Files other processes write (the training run's, process 0's) are seen at once; gcsfs
+  # would answer from a listing it made earlier.
+  fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache", False)
   emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-  if emulator:  # Google's convention; Orbax's TensorStore and gcsfs each read their own name
+  if emulator:  # Google's convention; Orbax's TensorStore and gcsfs each read their own names
     os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", emulator)
+    os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")  # no credentials asked
     os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # no gRPC bucket probe
   return epath.Path(str(location))
 
@@ -104,11 +110,14 @@ def storage_reason(e: BaseException) -> str | None:
 
 @contextlib.contextmanager
 def writes(where):
-  """Turns a storage failure inside (`storage_reason`) into StorageError naming `where`."""
+  """Turns a storage failure inside (`storage_reason`) into StorageError naming `where`; in a
+  bucket a write that finds nothing there found no bucket."""
   try:
     yield
   except Exception as e:  # noqa: BLE001 - Orbax, TensorStore and gcsfs raise many types
-    reason = storage_reason(e)
+    reason = storage_reason(e) or (
+        "the bucket does not exist" if is_url(where) and isinstance(e, FileNotFoundError)
+        else None)
     if reason is None or isinstance(e, StorageError):
       raise
     raise StorageError(where, reason) from None

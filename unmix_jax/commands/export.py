@@ -32,7 +32,7 @@ def main(argv):
 
 
 def _size(folder) -> int:
-  return sum(_size(p) if p.is_dir() else p.stat().st_size for p in folder.iterdir())
+  return sum(_size(p) if p.is_dir() else p.stat().length for p in folder.iterdir())
 
 
 def run():
