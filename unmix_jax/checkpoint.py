@@ -31,14 +31,16 @@ def _select_loss(metrics) -> float:
 
 
 def _orbax_noise(record) -> bool:
-  """False for what Orbax logs that a one-line error says better: a disk or bucket failure
-  of a save (StorageError follows with the last complete checkpoint), and the missing
-  metadata of a step the training run deleted under a reader (the reader chooses again)."""
+  """False for what Orbax logs that a one-line error says better: an error it raises again
+  (with its traceback) or a disk or bucket failure of a save (StorageError or ProcessLost
+  follows, naming the last complete checkpoint), and the missing metadata of a step the
+  training run deleted under a reader (the reader chooses again)."""
   if "orbax" not in record.pathname:
     return True
   message = record.getMessage()
-  return not ((record.levelno >= logging.ERROR and workdir_lib.storage_reason(
-      Exception(message))) or "does not exist" in message)
+  return not (record.levelno >= logging.ERROR and (
+      record.exc_info or workdir_lib.storage_reason(Exception(message)))
+      or "does not exist" in message)
 
 
 def _failed_read_noise(report_unraisable):
