@@ -1,5 +1,6 @@
 """experiments.ablate end to end on the smoke preset, and how it switches levers."""
 
+import pytest
 import os
 
 from tests.conftest import assert_one_line_error, run_module, smoke_config
@@ -19,6 +20,7 @@ def test_each_lever_is_switched_the_other_way_from_the_recipe():
   assert not ablation.applies(smoke_config("vae"), "bounded")  # not mixture-consistent
 
 
+@pytest.mark.slow
 def test_the_command_trains_scores_and_reports(tmp_path, tfds_data_dir):
   results = str(tmp_path / "ablation")
   out = run_module("experiments.ablate", "--config=configs/unet.py:smoke",

@@ -255,6 +255,7 @@ with cli.one_line_errors():
 """
 
 
+@pytest.mark.slow
 def test_a_half_set_launch_or_a_silent_coordinator_is_one_line_exit_2(tmp_path):
   result = run_unmix("train", "--config=unet:smoke", f"--workdir={tmp_path / 'run'}",
                      env={"JAX_NUM_PROCESSES": "2"})

@@ -28,6 +28,7 @@ def test_measure_reports_every_figure_on_the_smoke_presets(name):
   assert 0 < result["host_batch_share"] < 1
 
 
+@pytest.mark.slow
 def test_the_command_prints_one_json_line_and_refuses_bad_counts():
   out = run_module("experiments.benchmark", "--config=configs/ae.py:smoke", "--steps=2",
                    "--repeats=1", "--warmup=0")

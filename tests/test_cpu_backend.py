@@ -69,6 +69,7 @@ def test_the_transposed_form_equals_lax_in_value_and_gradient(k, s, hw):
 
 @pytest.mark.parametrize("name,preset", [("unet", None), ("unet", "cpu"), ("unet", "cpu10"),
                                          ("ae", None), ("vae", None)])
+@pytest.mark.slow
 def test_every_layer_of_every_model_matches_lax_at_its_shape(name, preset):
   """Each conv the models run (batch 2), in the form the CPU layers pick for it."""
   shapes = layer_timings.conv_layers(CONFIGS[name].get_config(preset), batch=2)

@@ -42,6 +42,7 @@ def signal_after_step(monkeypatch, at: int):
   monkeypatch.setattr(profiling.StepProfiler, "finish_step", finish_and_signal)
 
 
+@pytest.mark.slow
 def test_a_signal_mid_epoch_saves_and_the_resumed_run_equals_an_unbroken_one(
     unet_run, tmp_path, monkeypatch, capsys):
   broken = str(tmp_path / "broken")
@@ -94,6 +95,7 @@ def slow_steps(monkeypatch, seconds: float) -> None:
   monkeypatch.setattr(steps, "_step_function", slow_function)
 
 
+@pytest.mark.slow
 def test_the_host_stays_one_call_ahead_and_a_stop_waits_for_no_backlog(tmp_path, monkeypatch):
   """Steps 0.2 s slower on the device, 20 to an epoch, one log line at its end: no call is
   dispatched while more than one before it is unfinished, and SIGTERM 1.5 s into training
@@ -129,6 +131,7 @@ def test_the_host_stays_one_call_ahead_and_a_stop_waits_for_no_backlog(tmp_path,
   assert sum(n for _, n in outputs) == saved[0]  # nothing dispatched past the checkpoint
 
 
+@pytest.mark.slow
 def test_a_signal_with_nothing_to_save_or_a_second_signal_exits_at_once(monkeypatch):
   """The watcher thread acts while the main thread waits on XLA (a computation of about 4.5 s,
   read with np.asarray, a wait in which Python runs no signal handler): with no finished step
@@ -169,6 +172,7 @@ def test_a_signal_with_nothing_to_save_or_a_second_signal_exits_at_once(monkeypa
     assert exits[0][1] - sent[1] < 2.0
 
 
+@pytest.mark.slow
 def test_a_signal_during_evaluation_saves_unscored_and_the_resume_evaluates_first(
     unet_run, tmp_path, monkeypatch, capsys):
   broken = str(tmp_path / "broken")
@@ -193,6 +197,7 @@ def test_a_signal_during_evaluation_saves_unscored_and_the_resume_evaluates_firs
   same_final_state(broken, unet_run)
 
 
+@pytest.mark.slow
 def test_a_half_full_metric_window_is_carried_over(tmp_path, monkeypatch):
   """Stopped at step 5 with log lines every 2 steps: step 5's metrics travel in the checkpoint
   and the resumed run logs step 6 as an unbroken run does."""
@@ -243,6 +248,7 @@ def test_skip_nonfinite_keeps_the_state_and_counts_the_step():
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(unet_run, copy_run, capsys):
   run_dir = copy_run(unet_run)
   # Which OCDBT data file holds the arrays varies, so truncate every data file of step 12.
@@ -261,6 +267,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(unet_run, copy_r
   assert {8, 12, 16} <= set(checkpoint_steps(run_dir))
 
 
+@pytest.mark.slow
 def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(unet_run, copy_run):
   run_dir = copy_run(unet_run)
   for step in checkpoint_steps(run_dir):
@@ -292,6 +299,7 @@ def test_a_workdir_lock_refuses_a_second_holder_and_is_taken_over_when_stale(tmp
   assert "taking over" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_live_workdir_is_refused_and_the_first_finishes_cleanly(tmp_path):
   run_dir = str(tmp_path / "run")
   args = ["-m", "experiments.train", "--config=unet:smoke", f"--workdir={run_dir}",
@@ -382,6 +390,7 @@ def _full_disk_at_save(monkeypatch, at_step: int):
   monkeypatch.setattr(checkpoint.Checkpoints, "save", failing_save)
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_resumes_exactly(
     unet_run, tmp_path, monkeypatch):
   run_dir = str(tmp_path / "run")
@@ -413,6 +422,7 @@ class _FullFile:
     return getattr(self._f, name)
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_a_log_write_names_the_file_and_resumes_exactly(
     unet_run, tmp_path, monkeypatch):
   run_dir = str(tmp_path / "run")
@@ -496,6 +506,7 @@ def _can_mount_a_small_filesystem() -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_a_real_full_filesystem_is_one_line_and_the_run_resumes_exactly(unet_run, tmp_path):
   """The shared run's command on a 2150 KB tmpfs (in a mount namespace of its own): here its
   profile and two checkpoints fit and the third fills it; then the same command, with space

@@ -10,11 +10,14 @@ import sys
 import time
 
 import nbformat
+import pytest
 import numpy as np
 from nbclient import NotebookClient
 from PIL import Image
 
 from tests.conftest import ROOT, checkpoint_steps
+
+pytestmark = pytest.mark.slow
 
 NOTEBOOK = os.path.join(ROOT, "experiments", "colab.ipynb")
 

@@ -21,6 +21,8 @@ from tests.conftest import (ROOT, checkpoint_steps, comparable, random_images, r
 from unmix_jax import checkpoint, evaluation, parallel, preemption, runs, steps, train
 from unmix_jax.configs import unet
 
+pytestmark = pytest.mark.slow
+
 # The runs compared here: the smoke preset for 4 epochs (16 steps of a global batch of 16).
 EPOCHS = 4
 ARGS = ["--config=unet:smoke", f"--config.train.epochs={EPOCHS}"]
@@ -120,7 +122,7 @@ def test_two_devices_match_one_device(two_devices, tmp_path):
   _, _, state_one, _ = runs.restore(one, "latest")
   _, _, state_two, _ = runs.restore(two, "latest")
   for a, b in zip(jax.tree.leaves(state_one.params), jax.tree.leaves(state_two.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)  # summation order, 16 steps
 
 
 def test_two_processes_equal_two_devices_in_one_process(two_processes, two_devices):
@@ -302,16 +304,15 @@ def tiny(preset: str | None, **train_fields):
   return config
 
 
-@pytest.mark.parametrize("preset,dtype", [(None, "float32"), ("gpu", "bfloat16")])
-def test_the_accelerator_programs_train_evaluate_and_resume(preset, dtype, tmp_path,
-                                                            tfds_data_dir, capsys, monkeypatch):
-  """What a GPU or TPU runs (lax convolutions, `conv_impl='xla'`), the reference preset in
-  float32 and the `:gpu` recipe in bfloat16, at a tiny data size on the CPU: an epoch trains and
-  is scored, a SIGTERM after its checkpoint stops the run, the same config resumes from it (the
-  same programs, which the compilation cache serves), and the profile of the xla step is
-  written."""
-  run_dir = str(tmp_path / "run")
-  config = tiny(preset, conv_impl="xla", compute_dtype=dtype)
+def test_the_accelerator_program_trains_evaluates_and_resumes(tmp_path, tfds_data_dir, capsys,
+                                                             monkeypatch):
+  """What a GPU or TPU runs (lax convolutions, `conv_impl='xla'`), the `:gpu` recipe's network
+  (residual blocks, attention), at a tiny data size on the CPU: an epoch trains and is scored, a
+  SIGTERM after its checkpoint stops the run, the same config resumes from it (the same
+  programs, which the compilation cache serves), and the profile of the xla step is written.
+  bfloat16: test_bfloat16_trains_and_stays_close_to_float32."""
+  run_dir, dtype = str(tmp_path / "run"), "float32"
+  config = tiny("gpu", conv_impl="xla", compute_dtype=dtype)
   config.train.epochs = 2
   config.profile.update(start_step=0, num_steps=1)
   save = checkpoint.Checkpoints.save

@@ -40,6 +40,7 @@ def test_a_run_writes_logs_pictures_checkpoints_and_a_profile(unet_run):
   assert hlo.startswith("HloModule") and convs in hlo
 
 
+@pytest.mark.slow
 def test_k_step_calls_log_every_epoch_alike_and_profile_past_the_first_epoch(tmp_path,
                                                                                tfds_data_dir):
   """6 steps an epoch, 3 steps a call, a log line every 3 steps: every epoch logs alike; the
@@ -55,6 +56,7 @@ def test_k_step_calls_log_every_epoch_alike_and_profile_past_the_first_epoch(tmp
   assert traces
 
 
+@pytest.mark.slow
 def test_a_resumed_run_equals_the_unbroken_one_and_compiles_each_program_once(
     unet_run, copy_run, capsys, monkeypatch):
   broken = copy_run(unet_run, keep_steps=[4])  # as if stopped right after epoch 1
@@ -108,6 +110,7 @@ def test_evaluate_scores_the_best_checkpoint_with_intervals(unet_run, copy_run):
   assert "test (unseen images)" in table and "gain" in table
 
 
+@pytest.mark.slow
 def test_the_evaluate_command_writes_eval_json(unet_run, copy_run):
   workdir = copy_run(unet_run)
   result = run_module("experiments.evaluate", f"--workdir={workdir}")
@@ -116,6 +119,7 @@ def test_the_evaluate_command_writes_eval_json(unet_run, copy_run):
       os.path.join(workdir, "eval.json"))
 
 
+@pytest.mark.slow
 def test_a_run_opens_from_any_directory(unet_run, tmp_path):
   """The config comes from the installed package (unmix_jax.configs), not the current folder."""
   code = ("import sys\n"
@@ -151,6 +155,7 @@ def test_the_vae_samples_and_logs_its_kl(vae_run):
   assert os.path.getsize(os.path.join(vae_run, "samples.png")) > 0
 
 
+@pytest.mark.slow
 def test_the_autoencoder_trains_and_cannot_sample(tmp_path):
   workdir = tmp_path / "ae"
   train_smoke(workdir, "ae")
@@ -162,6 +167,7 @@ def test_the_autoencoder_trains_and_cannot_sample(tmp_path):
                         "holds no run")
 
 
+@pytest.mark.slow
 def test_compare_writes_the_report_and_reuses_finished_runs(tmp_path, vae_run, capsys):
   import shutil
 

@@ -107,6 +107,7 @@ def test_a_mixture_file_and_random_test_pairs(unet_run, pictures):
   np.testing.assert_array_equal(again.out1, pairs.out1)  # the same pairs for a seed
 
 
+@pytest.mark.slow
 def test_the_command_separates_and_overwrites_nothing(unet_run, pictures, tmp_path):
   mixture = tmp_path / "m.png"
   Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), np.uint8)).save(mixture)
@@ -140,6 +141,7 @@ def test_an_exported_run_holds_the_best_weights_its_config_and_scores(unet_run, 
   assert runs.describe(out).startswith("the exported unet (:smoke, step")
 
 
+@pytest.mark.slow
 def test_the_command_separates_with_an_exported_model_from_another_directory(
     unet_run, copy_run, pictures, tmp_path):
   out = str(tmp_path / "exported")
@@ -160,6 +162,7 @@ REEXPORT = ("retrain configs/unet.py:cpu60 and export its best checkpoint again:
             "unmix export --workdir=runs/unet-cpu60 (README: the shipped model)")
 
 
+@pytest.mark.slow
 def test_the_shipped_weights_load_under_todays_model_and_score_as_exported(tfds_data_dir):
   try:
     scored = evaluation.score_run(runs.pretrained_dir(), test_only=True)
@@ -177,6 +180,7 @@ def test_the_shipped_weights_load_under_todays_model_and_score_as_exported(tfds_
   assert size < 5e6, f"the shipped model takes {size / 1e6:.1f} MB; at most 5 MB"
 
 
+@pytest.mark.slow
 def test_the_command_separates_with_the_shipped_model_from_any_directory(pictures, tmp_path,
                                                                          tfds_data_dir):
   elsewhere = tmp_path / "elsewhere"

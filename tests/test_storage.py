@@ -16,6 +16,8 @@ from tests.conftest import (ROOT, assert_one_line_error, checkpoint_steps, compa
                             run_unmix, same_final_state, summary, train_smoke)
 from unmix_jax import logs, preemption, profiling, workdir
 
+pytestmark = pytest.mark.slow
+
 UNET_RUN = {"train.epochs": 3, "profile.start_step": 2, "profile.num_steps": 2,
             "profile.dump_hlo": True}  # the shared run's config (tests/conftest.py)
 
