@@ -54,9 +54,7 @@ def tfds_data_dir() -> str:
 def smoke_config(model: str = "unet", **fields):
   """The smoke preset of `model` with dotted overrides, e.g. smoke_config(**{"train.epochs": 3})."""
   config = configs.get_config(model, "smoke")
-  for name, value in fields.items():
-    section, _, field = name.rpartition(".")
-    (config[section] if section else config)[field] = value
+  config.update_from_flattened_dict(fields)
   return config
 
 
